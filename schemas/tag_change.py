@@ -1,0 +1,51 @@
+"""The tag-change event that the worker publishes for every tag added or removed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+__all__ = ["Action", "ChangeSource", "TagChange", "decode_tag_change", "encode_tag_change"]
+
+Action = Literal["added", "removed"]
+ChangeSource = Literal["rule", "manual", "rulebook_change", "late_correction", "erasure"]
+
+
+@dataclass(frozen=True, slots=True)
+class TagChange:
+    """One change of one customer's tags.
+
+    `at` is the event time (epoch ms) from which the change holds;
+    `emitted_at` is the wall time (epoch ms) of the first emission, kept in
+    the customer's outbox so that a repeat is byte-identical.
+    """
+
+    change_id: str
+    customer_id: str
+    tag: str
+    action: Action
+    at: int
+    emitted_at: int
+    rulebook_version: str
+    source: ChangeSource
+    reason: dict[str, Any]
+    group: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seq(self) -> int:
+        """Return the customer's change sequence number, the last part of `change_id`."""
+        return int(self.change_id.rsplit(":", 1)[1])
+
+
+def encode_tag_change(change: TagChange) -> bytes:
+    """Serialise a change as compact JSON with sorted keys, so a repeat is byte-identical."""
+    return orjson.dumps(asdict(change), option=orjson.OPT_SORT_KEYS)
+
+
+def decode_tag_change(raw: bytes) -> TagChange:
+    """Parse a tag-change record written by `encode_tag_change`."""
+    data = orjson.loads(raw)
+    return TagChange(**data)
