@@ -7,7 +7,16 @@ from typing import Any, Literal
 
 import orjson
 
-__all__ = ["Action", "ChangeSource", "TagChange", "decode_tag_change", "encode_tag_change"]
+from .contract import schema_errors
+
+__all__ = [
+    "Action",
+    "ChangeSource",
+    "TagChange",
+    "decode_tag_change",
+    "encode_tag_change",
+    "validate_tag_change",
+]
 
 Action = Literal["added", "removed"]
 ChangeSource = Literal["rule", "manual", "rulebook_change", "late_correction", "erasure"]
@@ -49,3 +58,18 @@ def decode_tag_change(raw: bytes) -> TagChange:
     """Parse a tag-change record written by `encode_tag_change`."""
     data = orjson.loads(raw)
     return TagChange(**data)
+
+
+def validate_tag_change(raw: bytes) -> None:
+    """Raise ValueError unless `raw` is a tag-change record that matches tag_change.json.
+
+    For tests and tools; the message lists every mismatch with its JSON path.
+    """
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"invalid tag-change record: not JSON ({exc})") from None
+
+    errors = schema_errors("tag_change", record)
+    if errors:
+        raise ValueError(f"invalid tag-change record: {'; '.join(errors)}")

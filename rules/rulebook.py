@@ -1,0 +1,378 @@
+"""The rulebook: groups and rules loaded from YAML, validated and type-checked before use."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Final, Literal
+
+from tagger.rules.expression import ExpressionError, Node, parse_duration, parse_expression
+from tagger.rules.money import currency_exponent
+from tagger.rules.typecheck import PER_FIELDS, check_condition, check_rank
+from tagger.rules.yaml_source import Source, suggest
+from yaml.nodes import Node as YamlNode
+from yaml.nodes import ScalarNode
+
+from tagger.errors import RulebookError
+
+__all__ = [
+    "MANUAL_GROUP",
+    "MANUAL_PREFIX",
+    "PARAM_RE",
+    "Group",
+    "Rule",
+    "Rulebook",
+    "load_rulebook",
+    "parse_rulebook",
+]
+
+# Tag ids: a rule id, or `rule_id:param`; the same grammar as Redis keys and
+# metric labels accept without escaping.
+RULE_ID_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+PARAM_RE: Final = re.compile(r"[a-z0-9_.]{1,64}")
+MANUAL_PREFIX: Final = "manual:"
+MANUAL_GROUP: Final = "manual"
+RULEBOOK_FORMAT_VERSION: Final = 1
+LANGUAGES: Final = ("zh", "en")
+PARAM_PLACEHOLDER: Final = "{param}"
+_DEFAULT_FILE: Final = "default.yaml"
+
+
+@dataclass(frozen=True)
+class Group:
+    """A named set of rules; in an exclusive group a customer holds at most one of its tags."""
+
+    id: str
+    exclusive: bool
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule as written, plus its checked condition.
+
+    `labels` of a rule with `per` are templates holding `{param}`; `line` is
+    the 1-based line of the rule in its file.
+    """
+
+    id: str
+    group: str
+    labels: Mapping[str, str]
+    description: str
+    when: str
+    per: str | None
+    rank_by: str | None
+    limit: int | None
+    line: int
+    condition: Node = field(repr=False, compare=False)
+    rank: Node | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Rulebook:
+    """A validated rulebook. `version` is the first 16 hex digits of the SHA-256 of its bytes."""
+
+    version: str
+    currency: str
+    allowed_lateness_ms: int
+    late_policy: Literal["apply"]
+    groups: Mapping[str, Group]
+    rules: tuple[Rule, ...]
+    currency_exponent: int = 2
+    file: str = ""
+
+    def rule_for(self, tag: str) -> Rule | None:
+        """Return the rule that decides `tag`, or None for a manual or unknown tag."""
+        rule_id = tag.split(":", 1)[0]
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        return None
+
+    def labels_for(self, tag: str) -> dict[str, str]:
+        """Return the zh and en labels of a tag, its parameter filled in; {} for an unknown tag."""
+        if tag.startswith(MANUAL_PREFIX):
+            name = tag.removeprefix(MANUAL_PREFIX)
+            return {"zh": f"手动：{name}", "en": f"Manual: {name}"}
+
+        rule = self.rule_for(tag)
+        if rule is None:
+            return {}
+        _, _, param = tag.partition(":")
+        return {
+            language: label.replace(PARAM_PLACEHOLDER, param)
+            for language, label in rule.labels.items()
+        }
+
+    def group_for(self, tag: str) -> str | None:
+        """Return the group of a tag: `manual` for manual tags, None for an unknown tag."""
+        if tag.startswith(MANUAL_PREFIX):
+            return MANUAL_GROUP
+        rule = self.rule_for(tag)
+        return rule.group if rule is not None else None
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """Return rule id → {group, zh, en} plus `__version__`, for the mirror's rulebook hash.
+
+        Labels of a rule with `per` stay templates with `{param}`.
+        """
+        described: dict[str, dict[str, str]] = {
+            rule.id: {"group": rule.group, **rule.labels} for rule in self.rules
+        }
+        described["__version__"] = {"version": self.version, "currency": self.currency}
+        return described
+
+
+def load_rulebook(path: str | os.PathLike[str] | None = None) -> Rulebook:
+    """Load and validate a rulebook file; None loads the packaged default rulebook."""
+    if path is None:
+        resource = resources.files("tagger.rules").joinpath(_DEFAULT_FILE)
+        raw = resource.read_bytes()
+        file = f"tagger.rules/{_DEFAULT_FILE}"
+    else:
+        file = os.fspath(path)
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise RulebookError(f"cannot read the rulebook: {exc.strerror}", file=file) from exc
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RulebookError(
+            f"the rulebook is not valid UTF-8 (byte {exc.start})", file=file
+        ) from exc
+    return _parse(text, file=file, digest=hashlib.sha256(raw).hexdigest())
+
+
+def parse_rulebook(text: str, *, file: str) -> Rulebook:
+    """Validate rulebook YAML text; `file` names it in errors. Raises RulebookError."""
+    return _parse(text, file=file, digest=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def _parse(text: str, *, file: str, digest: str) -> Rulebook:
+    source = Source(text, file)
+    top = source.mapping(
+        source.root,
+        "the rulebook",
+        required=("version", "currency", "groups", "rules"),
+        optional=("allowed_lateness", "late_policy"),
+    )
+
+    version_node = top["version"][1]
+    if source.integer(version_node, "version") != RULEBOOK_FORMAT_VERSION:
+        source.fail(
+            version_node,
+            f"version: expected {RULEBOOK_FORMAT_VERSION}, found {version_node.value!r}",
+        )
+
+    currency_node = top["currency"][1]
+    currency = source.string(currency_node, "currency")
+    exponent = currency_exponent(currency)
+    if exponent is None:
+        source.fail(
+            currency_node,
+            f"currency: expected an ISO 4217 code such as CNY or USD, found {currency!r}",
+        )
+
+    lateness = 0
+    if "allowed_lateness" in top:
+        lateness = _duration(source, top["allowed_lateness"][1], "allowed_lateness")
+
+    if "late_policy" in top:
+        policy_node = top["late_policy"][1]
+        policy = source.string(policy_node, "late_policy")
+        if policy != "apply":
+            source.fail(policy_node, f"late_policy: expected 'apply', found {policy!r}")
+
+    groups = _groups(source, top["groups"][1])
+    rules = _rules(source, top["rules"][1], groups)
+    return Rulebook(
+        version=digest[:16],
+        currency=currency,
+        allowed_lateness_ms=lateness,
+        late_policy="apply",
+        groups=groups,
+        rules=rules,
+        currency_exponent=exponent,
+        file=file,
+    )
+
+
+def _duration(source: Source, node: YamlNode, what: str) -> int:
+    if isinstance(node, ScalarNode):
+        value = parse_duration(str(node.value))
+        if value is not None:
+            return value
+    source.fail(
+        node,
+        f"{what}: expected a duration such as 0s, 5m or 1h (units ms, s, m, h, d), "
+        f"found {getattr(node, 'value', node)!r}",
+    )
+
+
+def _groups(source: Source, node: YamlNode) -> dict[str, Group]:
+    groups: dict[str, Group] = {}
+    for group_id, (key_node, value_node) in source.entries(node, "groups").items():
+        _check_id(source, key_node, group_id, "group id")
+        entries = source.mapping(
+            value_node,
+            f"group {group_id!r}",
+            required=("labels",),
+            optional=("exclusive",),
+        )
+        exclusive = False
+        if "exclusive" in entries:
+            exclusive = source.boolean(entries["exclusive"][1], f"group {group_id!r} exclusive")
+        labels = _labels(source, entries["labels"][1], f"group {group_id!r}")
+        groups[group_id] = Group(group_id, exclusive, labels)
+
+    if not groups:
+        source.fail(node, "groups: expected at least one group")
+    return groups
+
+
+def _rules(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> tuple[Rule, ...]:
+    items = source.sequence(node, "rules")
+    if not items:
+        source.fail(node, "rules: expected at least one rule")
+
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for item in items:
+        rule = _rule(source, item, groups)
+        if rule.id in seen:
+            source.fail(
+                item,
+                f"duplicate rule id {rule.id!r}: it is already defined on line {seen[rule.id]}",
+            )
+        seen[rule.id] = rule.line
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _rule(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> Rule:
+    entries = source.mapping(
+        node,
+        "a rule",
+        required=("id", "group", "labels", "description", "when"),
+        optional=("per", "rank_by", "limit"),
+    )
+    id_node = entries["id"][1]
+    rule_id = source.string(id_node, "rule id")
+    _check_id(source, id_node, rule_id, "rule id")
+    what = f"rule {rule_id!r}"
+
+    group_node = entries["group"][1]
+    group = source.string(group_node, f"{what} group")
+    if group not in groups:
+        source.fail(
+            group_node,
+            f"{what}: unknown group {group!r}{suggest(group, groups)}; "
+            f"expected one of {', '.join(groups)}",
+        )
+
+    per: str | None = None
+    if "per" in entries:
+        per_node = entries["per"][1]
+        per = source.string(per_node, f"{what} per")
+        if per not in PER_FIELDS:
+            source.fail(
+                per_node,
+                f"{what}: per {per!r} is not allowed{suggest(per, PER_FIELDS)}; "
+                f"expected one of {', '.join(PER_FIELDS)}",
+            )
+        if groups[group].exclusive:
+            source.fail(
+                per_node,
+                f"{what}: a rule with `per` gives several tags, so it cannot be in the "
+                f"exclusive group {group!r}",
+            )
+
+    labels = _labels(source, entries["labels"][1], what)
+    for language, label in labels.items():
+        if (PARAM_PLACEHOLDER in label) != (per is not None):
+            expectation = "must contain" if per is not None else "can contain only with `per`"
+            source.fail(entries["labels"][1], f"{what}: label {language!r} {expectation} {{param}}")
+
+    description = source.string(entries["description"][1], f"{what} description").strip()
+    if not description:
+        source.fail(entries["description"][1], f"{what}: description is empty")
+
+    when_node = entries["when"][1]
+    when = source.string(when_node, f"{what} when")
+    condition = _expression(source, when_node, when, per, rank=False)
+
+    rank_by: str | None = None
+    rank: Node | None = None
+    if "rank_by" in entries:
+        rank_node = entries["rank_by"][1]
+        if per is None:
+            source.fail(entries["rank_by"][0], f"{what}: rank_by needs `per`")
+        rank_by = source.string(rank_node, f"{what} rank_by")
+        rank = _expression(source, rank_node, rank_by, per, rank=True)
+
+    limit: int | None = None
+    if "limit" in entries:
+        limit_node = entries["limit"][1]
+        if per is None:
+            source.fail(entries["limit"][0], f"{what}: limit needs `per`")
+        limit = source.integer(limit_node, f"{what} limit")
+        if limit < 1:
+            source.fail(limit_node, f"{what}: limit must be at least 1, found {limit}")
+
+    return Rule(
+        id=rule_id,
+        group=group,
+        labels=labels,
+        description=description,
+        when=when.strip(),
+        per=per,
+        rank_by=rank_by.strip() if rank_by is not None else None,
+        limit=limit,
+        line=node.start_mark.line + 1,
+        condition=condition,
+        rank=rank,
+    )
+
+
+def _expression(source: Source, node: YamlNode, text: str, per: str | None, *, rank: bool) -> Node:
+    stripped = text.strip()
+    lead = len(text) - len(text.lstrip())
+    try:
+        parsed = parse_expression(stripped)
+        if rank:
+            return check_rank(parsed, stripped, per=per)
+        return check_condition(parsed, stripped, per=per)
+    except ExpressionError as exc:
+        assert isinstance(node, ScalarNode)
+        line, column = source.text_position(node, exc.offset + lead)
+        source.fail_at(line, column, exc.message)
+
+
+def _labels(source: Source, node: YamlNode, what: str) -> dict[str, str]:
+    entries = source.mapping(node, f"{what} labels", required=LANGUAGES)
+    labels: dict[str, str] = {}
+    for language in LANGUAGES:
+        value_node = entries[language][1]
+        label = source.string(value_node, f"{what} label {language!r}").strip()
+        if not label:
+            source.fail(value_node, f"{what}: label {language!r} is empty")
+        labels[language] = label
+    return labels
+
+
+def _check_id(source: Source, node: YamlNode, value: str, what: str) -> None:
+    if not RULE_ID_RE.fullmatch(value):
+        source.fail(
+            node,
+            f"invalid {what} {value!r}: expected snake_case, a lower-case letter then "
+            "up to 63 lower-case letters, digits or `_`",
+        )
+    if value == MANUAL_GROUP:
+        source.fail(node, f"invalid {what} 'manual': it is reserved for manual tags")

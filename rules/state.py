@@ -1,0 +1,217 @@
+"""Per-customer state: what the engine keeps between events, and its compact JSON encoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
+from tagger.schemas.events import AttributeValue
+
+__all__ = [
+    "STATE_VERSION",
+    "CustomerState",
+    "Scope",
+    "ScopeCache",
+    "decode_state",
+    "encode_state",
+]
+
+# Written into every encoded state; decode_state reads each version ever written.
+STATE_VERSION: Final = 1
+
+
+@dataclass
+class ScopeCache:
+    """Results of a scope's `per` rules at `time`, valid until `due` or the scope's next event.
+
+    `matches` maps the id of each rule whose condition holds to its
+    (rank, time of the newest counted event). Kept in memory only: it is not
+    encoded, and a decoded state recomputes it.
+    """
+
+    time: int
+    due: int | None
+    matches: dict[str, tuple[int | Decimal, int]]
+
+
+@dataclass
+class Scope:
+    """Aggregates of one customer's events, or of those with one value of a `per` field.
+
+    `series` maps a series key (an event type, `activity` or `spend`) to
+    `[time_ms, value]` entries in ascending time; `counts` and `last` hold
+    lifetime counts and last-seen times by event type; `newest` is the time of
+    the newest event folded in.
+    """
+
+    series: dict[str, list[list[int]]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    last: dict[str, int] = field(default_factory=dict)
+    newest: int | None = None
+    cache: ScopeCache | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class CustomerState:
+    """Everything the engine knows about one customer. Times are epoch ms, UTC.
+
+    The worker owns `mirrored_seq` and `pseq`; the engine owns the rest.
+    """
+
+    customer_id: str
+    epoch: int = 0
+    seq: int = 0
+    clock: int = 0
+    tags: dict[str, int] = field(default_factory=dict)
+    due: int | None = None
+    applied: dict[str, int] = field(default_factory=dict)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    mirrored_seq: int = 0
+    pseq: int = 0
+    rulebook_version: str = ""
+    # Dedup memory: (event_id hash, wall time recorded) pairs, oldest first.
+    recent: list[tuple[str, int]] = field(default_factory=list)
+    totals: Scope = field(default_factory=Scope)
+    # `per` field → parameter value → that value's aggregates.
+    per: dict[str, dict[str, Scope]] = field(default_factory=dict)
+    # Cart: product id → time it was first added.
+    cart: dict[str, int] = field(default_factory=dict)
+    last_purchase: int | None = None
+    # Customer attribute → (value, event time it was set at).
+    attributes: dict[str, tuple[AttributeValue, int]] = field(default_factory=dict)
+    # Set by start_batch: the outbox is cleared before the next change is added,
+    # so that a redelivered event can still re-emit the changes it recorded.
+    outbox_stale: bool = False
+
+
+def encode_state(state: CustomerState) -> bytes:
+    """Serialise a state as compact JSON; fields holding their default value are left out."""
+    data: dict[str, Any] = {"v": STATE_VERSION, "c": state.customer_id}
+    optional: dict[str, Any] = {
+        "e": state.epoch,
+        "s": state.seq,
+        "k": state.clock,
+        "t": state.tags,
+        "d": state.due,
+        "a": state.applied,
+        "o": state.outbox,
+        "m": state.mirrored_seq,
+        "p": state.pseq,
+        "r": state.rulebook_version,
+        "h": "".join(digest for digest, _ in state.recent),
+        "ht": _delta_encode([recorded for _, recorded in state.recent]),
+        "g": _encode_scope(state.totals),
+        "q": {
+            name: {value: _encode_scope(scope) for value, scope in scopes.items()}
+            for name, scopes in state.per.items()
+        },
+        "ct": state.cart,
+        "lp": state.last_purchase,
+        "at": {name: list(entry) for name, entry in state.attributes.items()},
+        "os": state.outbox_stale,
+    }
+    for key, value in optional.items():
+        if value:
+            data[key] = value
+    return orjson.dumps(data)
+
+
+def decode_state(raw: bytes) -> CustomerState:
+    """Parse a state written by `encode_state` of this or any earlier state version."""
+    data = orjson.loads(raw)
+    version = data.get("v") if isinstance(data, dict) else None
+    if version != STATE_VERSION:
+        raise ValueError(
+            f"unknown customer state version {version!r}: this worker reads version "
+            f"{STATE_VERSION}; upgrade the worker"
+        )
+
+    return CustomerState(
+        customer_id=data["c"],
+        epoch=data.get("e", 0),
+        seq=data.get("s", 0),
+        clock=data.get("k", 0),
+        tags=data.get("t", {}),
+        due=data.get("d"),
+        applied=data.get("a", {}),
+        outbox=data.get("o", []),
+        mirrored_seq=data.get("m", 0),
+        pseq=data.get("p", 0),
+        rulebook_version=data.get("r", ""),
+        recent=_decode_recent(data.get("h", ""), data.get("ht", [])),
+        totals=_decode_scope(data.get("g", {})),
+        per={
+            name: {value: _decode_scope(scope) for value, scope in scopes.items()}
+            for name, scopes in data.get("q", {}).items()
+        },
+        cart=data.get("ct", {}),
+        last_purchase=data.get("lp"),
+        attributes={name: (entry[0], entry[1]) for name, entry in data.get("at", {}).items()},
+        outbox_stale=data.get("os", False),
+    )
+
+
+def _delta_encode(times: list[int]) -> list[int]:
+    deltas: list[int] = []
+    previous = 0
+    for time in times:
+        deltas.append(time - previous)
+        previous = time
+    return deltas
+
+
+def _decode_recent(digests: str, deltas: list[int]) -> list[tuple[str, int]]:
+    # Digests are fixed-width hex, concatenated.
+    width = len(digests) // len(deltas) if deltas else 0
+    recent: list[tuple[str, int]] = []
+    time = 0
+    for index, delta in enumerate(deltas):
+        time += delta
+        recent.append((digests[index * width : (index + 1) * width], time))
+    return recent
+
+
+def _encode_scope(scope: Scope) -> dict[str, Any]:
+    # Series are delta-coded because they are most of a busy customer's state.
+    encoded: dict[str, Any] = {}
+    if scope.series:
+        encoded["s"] = {key: _encode_series(entries) for key, entries in scope.series.items()}
+    if scope.counts:
+        encoded["n"] = scope.counts
+    if scope.last:
+        encoded["l"] = scope.last
+    if scope.newest is not None:
+        encoded["w"] = scope.newest
+    return encoded
+
+
+def _encode_series(entries: list[list[int]]) -> list[int | list[int]]:
+    # An entry is its time delta alone when its value is 1, the usual case,
+    # else [time delta, value].
+    flat: list[int | list[int]] = []
+    previous = 0
+    for time, value in entries:
+        flat.append(time - previous if value == 1 else [time - previous, value])
+        previous = time
+    return flat
+
+
+def _decode_scope(data: dict[str, Any]) -> Scope:
+    return Scope(
+        series={key: _decode_series(flat) for key, flat in data.get("s", {}).items()},
+        counts=data.get("n", {}),
+        last=data.get("l", {}),
+        newest=data.get("w"),
+    )
+
+
+def _decode_series(flat: list[int | list[int]]) -> list[list[int]]:
+    entries: list[list[int]] = []
+    time = 0
+    for item in flat:
+        delta, value = (item, 1) if isinstance(item, int) else (item[0], item[1])
+        time += delta
+        entries.append([time, value])
+    return entries

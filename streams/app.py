@@ -1,0 +1,217 @@
+"""The Faust application: topics, tables, the batch agent, the clock timer and web views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import TP
+from prometheus_client import CollectorRegistry
+from tagger.rules.rulebook import Rulebook
+from tagger.streams.config import Settings
+from tagger.streams.faust_app import TaggerApp, TaggerWorker
+from tagger.streams.metrics import TaggerMetrics
+from tagger.streams.processor import InboundRecord, Processor
+from tagger.streams.web import register_views
+
+__all__ = ["TaggerApp", "TaggerRuntime", "TaggerWorker", "build_app"]
+
+log = structlog.get_logger(__name__)
+
+# The live clock and lag gauges are refreshed this often (seconds); firing a
+# time-driven change lags its due time by at most this plus the live clock lag.
+_TICK_INTERVAL_S = 0.25
+
+
+@dataclass(slots=True)
+class TaggerRuntime:
+    """The pieces a worker process runs, and that the web views report on."""
+
+    app: TaggerApp
+    settings: Settings
+    rulebook: Rulebook
+    processor: Processor
+    registry: CollectorRegistry
+    metrics: TaggerMetrics
+    mirror: Any = None
+
+    def input_partitions(self, partition: int) -> list[TP]:
+        """Return the input and repartition topic-partitions that feed table partition `partition`."""
+        topics = (*self.settings.input_topics, self.settings.repartition_topic)
+        return [TP(topic, partition) for topic in topics]
+
+    def lag(self, tp: TP) -> int | None:
+        """Return records left to process in `tp`, or None when its end is unknown yet."""
+        try:
+            highwater = self.app.consumer.highwater(tp)
+        except Exception:
+            return None
+        if highwater is None:
+            return None
+        processed = self.processor.processed_offsets.get((tp.topic, tp.partition))
+        if processed is None:
+            committed_next = 0
+        else:
+            committed_next = processed + 1
+        return max(0, int(highwater) - committed_next)
+
+    def caught_up(self, partition: int) -> bool:
+        """Return True when every record of the partition's input has been processed."""
+        for tp in self.input_partitions(partition):
+            lag = self.lag(tp)
+            if lag is None or lag > 0:
+                return False
+        return True
+
+
+def build_app(
+    settings: Settings,
+    rulebook: Rulebook,
+    *,
+    probe_end_offsets: bool = False,
+    mirror: Any = None,
+) -> TaggerRuntime:
+    """Create the Faust app with its topics, tables, agent, timer and views."""
+    registry = CollectorRegistry()
+    metrics = TaggerMetrics.create(registry)
+    TaggerApp.probe_end_offsets = probe_end_offsets
+    app = TaggerApp(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        store=settings.extra.get("store", "memory://"),
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        table_standby_replicas=settings.standby_replicas,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
+    )
+
+    source = app.topic(
+        *settings.input_topics,
+        settings.repartition_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    customers = app.Table(
+        "customers",
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,
+    )
+    partition_records = app.Table(
+        "partitions",
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,
+    )
+    outputs = {
+        name: app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+        for name in (
+            settings.tag_change_topic,
+            settings.dead_letter_topic,
+            settings.repartition_topic,
+        )
+    }
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        return await outputs[topic].send(key=key, value=value)
+
+    processor = Processor(
+        settings=settings,
+        rulebook=rulebook,
+        customers=customers,
+        partitions=partition_records,
+        send=send,
+        metrics=metrics,
+        mirror_submit=None if mirror is None else mirror.submit,
+    )
+    runtime = TaggerRuntime(
+        app=app,
+        settings=settings,
+        rulebook=rulebook,
+        processor=processor,
+        registry=registry,
+        metrics=metrics,
+        mirror=mirror,
+    )
+
+    @app.agent(source, name=f"{settings.app_id}.process")  # type: ignore[untyped-decorator]
+    async def process(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
+            records = [
+                InboundRecord(
+                    topic=event.message.topic,
+                    partition=event.message.partition,
+                    offset=event.message.offset,
+                    key=event.message.key,
+                    value=event.message.value,
+                    timestamp_ms=int(event.message.timestamp * 1000)
+                    if event.message.timestamp
+                    else None,
+                )
+                for event in events
+            ]
+            await processor.handle_batch(records)
+
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def on_revoked(app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        processor.revoke(tp.partition for tp in revoked if tp.topic in settings.input_topics)
+
+    async def on_recovered() -> None:
+        actives = {
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic in settings.input_topics
+        }
+        processor.revoke(set(processor.assigned) - actives)
+        await processor.assign(sorted(actives))
+
+    customers.on_recover(on_recovered)
+
+    @app.timer(_TICK_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def tick() -> None:
+        for partition in list(processor.assigned):
+            for tp in runtime.input_partitions(partition):
+                lag = runtime.lag(tp)
+                if lag is not None:
+                    metrics.partition_lag.labels(tp.topic, str(partition)).set(lag)
+            metrics.partition_caught_up.labels(str(partition)).set(
+                1 if runtime.caught_up(partition) else 0
+            )
+        if mirror is not None:
+            metrics.mirror_pending.set(mirror.pending_count)
+        await processor.tick(runtime.caught_up)
+
+    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    register_views(runtime)
+    return runtime

@@ -1,0 +1,286 @@
+"""`tagger demo`: broker, Redis, a worker in replay mode, a replay, and a summary."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import structlog
+from kafka import KafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.table import Table
+from tagger.rules.rulebook import Rulebook, load_rulebook
+from tagger.streams.config import Settings
+from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from tagger.streams.topics import create_topics
+from tagger.streams.worker_process import WorkerProcess, caught_up_to
+
+__all__ = ["demo_settings", "run_demo", "summarise"]
+
+log = structlog.get_logger(__name__)
+
+# The demo runs on a small machine next to its own broker and Redis.
+_DEMO_PARTITIONS = 4
+_EXAMPLES = 6
+# A group forms in about half the session timeout on the embedded broker.
+_SESSION_TIMEOUT_S = 6.0
+
+
+def demo_settings(namespace: str, bootstrap: str, redis_url: str, data_dir: Path) -> Settings:
+    """Return settings that keep every topic and Redis key of one demo run apart."""
+    return Settings(
+        kafka_bootstrap_servers=bootstrap,
+        redis_url=redis_url,
+        app_id=f"{namespace}-tagger",
+        input_topics=(f"{namespace}-events",),
+        tag_change_topic=f"{namespace}-tag-changes",
+        dead_letter_topic=f"{namespace}-dead-letters",
+        redis_prefix=f"{namespace}:",
+        partitions=_DEMO_PARTITIONS,
+        clock_mode="replay",
+        web_port=free_port(),
+        data_dir=str(data_dir),
+        broker_session_timeout_s=_SESSION_TIMEOUT_S,
+        log_level="warning",
+    ).validated()
+
+
+def run_demo(
+    *,
+    console: Console,
+    data_file: str | None,
+    customers: int,
+    seed: int,
+    end_clock_span: float,
+    namespace: str | None,
+    keep_running: bool,
+    summary_json: str | None,
+    timeout_s: float,
+) -> int:
+    """Run the demo and return the exit code. Ctrl-C stops every part cleanly."""
+    namespace = namespace or f"demo-{int(time.time())}"
+    with contextlib.ExitStack() as stack:
+        try:
+            return _run(
+                stack, console, namespace, data_file, customers, seed, end_clock_span,
+                keep_running, summary_json, timeout_s,
+            )
+        except KeyboardInterrupt:
+            console.print("\ninterrupted: stopping the worker, broker and Redis")
+            return 130
+
+
+def _run(
+    stack: contextlib.ExitStack,
+    console: Console,
+    namespace: str,
+    data_file: str | None,
+    customers: int,
+    seed: int,
+    end_clock_span: float,
+    keep_running: bool,
+    summary_json: str | None,
+    timeout_s: float,
+) -> int:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        console.print(f"Kafka: {bootstrap} (from KAFKA_BOOTSTRAP_SERVERS)")
+    else:
+        broker = stack.enter_context(EmbeddedBroker())
+        bootstrap = broker.bootstrap_servers
+        console.print(f"Kafka: embedded broker at {bootstrap} (memory only)")
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        console.print(f"Redis: {_mask(redis_url)} (from REDIS_URL)")
+    else:
+        server = stack.enter_context(EmbeddedRedis())
+        redis_url = server.url
+        console.print(f"Redis: embedded redis-server at {redis_url}")
+
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tagger-demo-")))
+    settings = demo_settings(namespace, bootstrap, redis_url, workdir / "data")
+    rulebook = load_rulebook(settings.rulebook_path)
+    create_topics(settings)
+
+    worker = WorkerProcess(settings, workdir / "worker.log")
+    stack.callback(worker.stop)
+    worker.start()
+    console.print(f"worker: pid {worker.pid}, status at http://127.0.0.1:{settings.web_port}/status")
+    with console.status("waiting for the worker to join its consumer group"):
+        worker.wait_for(
+            lambda status: len(status.get("partitions", {})) == settings.partitions,
+            timeout_s=timeout_s,
+            what="all partitions assigned",
+        )
+
+    span_ms = int(end_clock_span * 1000)
+    report = _replay(settings, rulebook, data_file, customers, seed, span_ms)
+    rate = report.events / report.elapsed_s if report.elapsed_s else 0.0
+    console.print(
+        f"replayed {report.events} events ({rate:,.0f} events/s), "
+        f"{sum(report.dead_letters.values())} dead letters"
+        + "".join(f", {reason}: {n}" for reason, n in sorted(report.dead_letters.items()))
+    )
+    console.print(
+        f"end clock: {_iso(report.end_clock)} "
+        f"({end_clock_span / 3600:g} h after the last event, so tags due just after it appear)"
+    )
+
+    started = time.monotonic()
+    with console.status("waiting for the worker to catch up"):
+        worker.wait_for(
+            lambda status: caught_up_to(
+                status, end_clock=report.end_clock, partitions=settings.partitions
+            ),
+            timeout_s=timeout_s,
+            what="caught up to the end clock",
+        )
+    caught_up_s = time.monotonic() - started
+    total_s = report.elapsed_s + caught_up_s
+    console.print(
+        f"worker caught up {caught_up_s:.1f} s after the replay ended "
+        f"({report.events / total_s:,.0f} events/s end to end)"
+    )
+
+    summary = summarise(settings, rulebook)
+    summary["events"] = report.events
+    summary["dead_letters"] = dict(report.dead_letters)
+    summary["events_per_second"] = round(report.events / total_s, 1) if total_s else None
+    _print_summary(console, settings, summary)
+    if summary_json:
+        Path(summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+
+    if keep_running:
+        console.print("running until Ctrl-C; try the commands above in another terminal")
+        while True:
+            time.sleep(1)
+    return 0
+
+
+def _replay(
+    settings: Settings,
+    rulebook: Rulebook,
+    data_file: str | None,
+    customers: int,
+    seed: int,
+    span_ms: int,
+) -> Any:
+    from tagger.streams.replay import replay_events, replay_file
+
+    if data_file is not None:
+        return replay_file(
+            data_file,
+            settings,
+            currency=rulebook.currency,
+            end_clock="auto",
+            end_clock_span_ms=span_ms,
+            progress=True,
+        )
+    from tagger.streams.simulator import simulate
+
+    events = simulate(seed=seed, customers=customers, currency=rulebook.currency)
+    return replay_events(events, settings, end_clock="auto", end_clock_span_ms=span_ms, progress=True)
+
+
+def summarise(settings: Settings, rulebook: Rulebook) -> dict[str, Any]:
+    """Count customers per tag in Redis and pick example tag changes from the topic."""
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    prefix = settings.redis_prefix
+    try:
+        counts: dict[str, int] = {}
+        for key in client.scan_iter(match=f"{prefix}tag:*", count=1000):
+            counts[key[len(prefix) + len("tag:"):]] = int(client.zcard(key))
+        customers = sum(1 for _ in client.scan_iter(match=f"{prefix}customer:*", count=1000))
+    finally:
+        client.close()
+    tags = []
+    for tag in sorted(counts, key=lambda t: (_rule_order(rulebook, t), t)):
+        labels = rulebook.labels_for(tag)
+        tags.append({
+            "tag": tag,
+            "group": rulebook.group_for(tag),
+            "zh": labels.get("zh", ""),
+            "en": labels.get("en", ""),
+            "customers": counts[tag],
+        })
+    return {
+        "customers_with_tags": customers,
+        "tags": tags,
+        "examples": _example_changes(settings),
+        "redis_prefix": prefix,
+        "redis_url": _mask(settings.redis_url),
+    }
+
+
+def _rule_order(rulebook: Rulebook, tag: str) -> int:
+    rule_id = tag.split(":", 1)[0]
+    for index, rule in enumerate(rulebook.rules):
+        if rule.id == rule_id:
+            return index
+    return len(rulebook.rules)
+
+
+def _example_changes(settings: Settings) -> list[dict[str, Any]]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        enable_auto_commit=False,
+        consumer_timeout_ms=2000,
+    )
+    try:
+        partitions = consumer.partitions_for_topic(settings.tag_change_topic) or set()
+        consumer.assign([TopicPartition(settings.tag_change_topic, p) for p in partitions])
+        consumer.seek_to_beginning()
+        examples: dict[str, dict[str, Any]] = {}
+        for message in consumer:
+            change = orjson.loads(message.value)
+            rule = change["tag"].split(":", 1)[0]
+            if change["action"] == "added" and rule not in examples:
+                examples[rule] = change
+            if len(examples) >= _EXAMPLES:
+                break
+        return list(examples.values())
+    finally:
+        consumer.close()
+
+
+def _print_summary(console: Console, settings: Settings, summary: dict[str, Any]) -> None:
+    table = Table(title=f"customers per tag ({summary['customers_with_tags']} customers hold a tag)")
+    for column in ("tag", "group", "中文", "English", "customers"):
+        table.add_column(column, justify="right" if column == "customers" else "left")
+    for row in summary["tags"]:
+        table.add_row(row["tag"], row["group"] or "", row["zh"], row["en"], str(row["customers"]))
+    console.print(table)
+
+    console.print("example tag changes (customer, tag, at, reason):")
+    for change in summary["examples"]:
+        reason = change.get("reason", {})
+        values = ", ".join(f"{k} = {v}" for k, v in reason.get("values", {}).items())
+        console.print(
+            f"  {change['customer_id']} {change['action']} {change['tag']} "
+            f"at {_iso(change['at'])}: {reason.get('when', '')}  [{values}]",
+            highlight=False,
+        )
+
+    prefix = settings.redis_prefix
+    example = summary["examples"][0]["customer_id"] if summary["examples"] else "<customer_id>"
+    console.print("where to look in Redis:")
+    console.print(f"  HGETALL {prefix}customer:{example}      current tags of a customer", highlight=False)
+    console.print(f"  ZREVRANGE {prefix}tag:vip 0 9 WITHSCORES  members of a tag, newest first",
+                  highlight=False)
+    console.print(f"  HGETALL {prefix}rulebook              labels in zh and en", highlight=False)
+
+
+def _iso(epoch_ms: int | None) -> str:
+    if epoch_ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch_ms / 1000))
+
+
+def _mask(url: str) -> str:
+    return Settings(redis_url=url).redacted()["redis_url"]

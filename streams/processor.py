@@ -1,0 +1,457 @@
+"""Batch processing: decode, route, apply the rulebook, publish, mirror.
+
+The Faust agent hands every batch to `Processor.handle_batch`, and the
+live-clock timer calls `Processor.tick`. Both run under one lock, so a
+customer's state is never read by one while the other is writing it.
+
+Order inside a batch, which the delivery guarantees rely on:
+1. Each record is decoded; invalid ones become dead letters, misrouted ones
+   are forwarded to the repartition topic, clock messages move clocks.
+2. Valid events are applied in offset order per partition, loading each
+   customer's state once per batch; due changes of other customers fire.
+3. Each customer touched is written to the table once.
+4. Tag changes, dead letters and forwarded records are sent, and the batch
+   waits for every acknowledgement.
+5. Each partition's record (clock, confirmed write sequence) is written.
+6. Customers whose tags changed are handed to the Redis mirror, which never
+   blocks this path.
+Faust commits the batch's offsets only after the agent asks for the next
+batch, and flushes the producer (changelogs included) before committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from tagger.rules.engine import Engine, Position
+from tagger.rules.rulebook import Rulebook
+from tagger.rules.state import CustomerState, decode_state, encode_state
+from tagger.schemas.dead_letter import dead_letter_record
+from tagger.schemas.decode import decode_event
+from tagger.schemas.events import ClockMessage, Event
+from tagger.schemas.tag_change import TagChange, encode_tag_change
+from tagger.streams.clock import PartitionState, partition_record_key
+from tagger.streams.config import Settings
+from tagger.streams.metrics import TaggerMetrics
+from tagger.streams.partitioning import partition_for
+
+from tagger.errors import InvalidEvent
+
+__all__ = ["InboundRecord", "Processor", "TableLike"]
+
+log = structlog.get_logger(__name__)
+
+# Firing and index building yield to the event loop after this many
+# customers, so heartbeats and fetches keep running on big partitions.
+_CHUNK = 500
+# Live mode: a caught-up partition with no event for this long follows the
+# wall clock, lagging it by `_LIVE_CLOCK_LAG_MS` to leave room for
+# records still in flight.
+_LIVE_IDLE_S = 2.0
+_LIVE_CLOCK_LAG_MS = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One input record with its coordinates."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+class TableLike:
+    """The part of a Faust table the processor uses (a dict of bytes to bytes)."""
+
+    def get(self, key: bytes) -> bytes | None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+Sender = Callable[[str, bytes | None, bytes], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class _BatchWork:
+    states: dict[int, dict[bytes, CustomerState]] = field(default_factory=dict)
+    changed: set[bytes] = field(default_factory=set)
+    changes: list[TagChange] = field(default_factory=list)
+    sends: list[Awaitable[Any]] = field(default_factory=list)
+    clocks_moved: set[int] = field(default_factory=set)
+
+
+class Processor:
+    """Applies batches of input records to customer state and publishes the results."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        rulebook: Rulebook,
+        customers: Any,
+        partitions: Any,
+        send: Sender,
+        metrics: TaggerMetrics,
+        mirror_submit: Callable[[str, int, dict[str, int]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rulebook = rulebook
+        self.engine = Engine(rulebook)
+        self.customers = customers
+        self.partitions_table = partitions
+        self.send = send
+        self.metrics = metrics
+        self.mirror_submit = mirror_submit
+        self.lock = asyncio.Lock()
+        self.assigned: dict[int, PartitionState] = {}
+        self.mirror_confirmed: dict[str, int] = {}
+        self.processed_offsets: dict[tuple[str, int], int] = {}
+        self._lateness = rulebook.allowed_lateness_ms
+        self._input_topics = frozenset(settings.input_topics)
+        self._partition_keys = {
+            p: partition_record_key(p, settings.partitions) for p in range(settings.partitions)
+        }
+
+    # -- wall time ---------------------------------------------------------
+
+    def wall_now(self) -> int:
+        """Return the wall time in epoch ms, shifted by TAGGER_WALL_CLOCK_OFFSET_MS."""
+        return int(time.time() * 1000) + self.settings.wall_clock_offset_ms
+
+    # -- assignment ----------------------------------------------------------
+
+    async def assign(self, partitions: Iterable[int]) -> None:
+        """Load clocks and build due indexes for newly assigned partitions, in chunks."""
+        async with self.lock:
+            pending = [p for p in partitions if p not in self.assigned]
+            if not pending:
+                return
+            for p in pending:
+                raw = self.partitions_table.get(self._partition_keys[p])
+                self.assigned[p] = PartitionState.decode(p, raw)
+            await self._build_indexes(set(pending))
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget clocks and due indexes of partitions this worker no longer owns."""
+        for p in partitions:
+            if self.assigned.pop(p, None) is None:
+                continue
+            try:
+                self.metrics.partition_clock_ms.remove(str(p))
+            except KeyError:
+                pass  # the partition never had a clock value exported
+            log.info("partition revoked", partition=p)
+
+    async def _build_indexes(self, partitions: set[int]) -> None:
+        started = time.monotonic()
+        scanned = 0
+        resent: list[Awaitable[Any]] = []
+        customer_keys = list(self.customers.keys())
+        for index, key in enumerate(customer_keys):
+            if index % _CHUNK == 0 and index:
+                await asyncio.sleep(0)
+            p = partition_for(key, self.settings.partitions)
+            if p not in partitions:
+                continue
+            raw = self.customers.get(key)
+            if raw is None:
+                continue
+            state = decode_state(raw)
+            scanned += 1
+            ps = self.assigned[p]
+            ps.due.set(key, state.due)
+            # Changes decided by writes after the last confirmed one may never
+            # have reached the broker: send them again, byte-identical.
+            if state.pseq > ps.confirmed_pseq and state.outbox:
+                for change in state.outbox:
+                    resent.append(
+                        self.send(self.settings.tag_change_topic, key, _encode_outbox(change))
+                    )
+            if state.mirrored_seq < state.seq and self.mirror_submit is not None:
+                self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
+        if resent:
+            await asyncio.gather(*resent)
+        for p in partitions:
+            ps = self.assigned[p]
+            ps.index_ready = True
+            ps.confirmed_pseq = ps.pseq
+            self.partitions_table[self._partition_keys[p]] = ps.encode()
+            self.metrics.partition_clock_ms.labels(str(p)).set(ps.clock)
+            log.info(
+                "partition ready",
+                partition=p,
+                clock=ps.clock,
+                due_customers=len(ps.due),
+            )
+        self.metrics.due_index_size.set(sum(len(ps.due) for ps in self.assigned.values()))
+        log.info(
+            "due indexes built",
+            partitions=sorted(partitions),
+            customers=scanned,
+            outbox_changes_resent=len(resent),
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    # -- batches -----------------------------------------------------------------
+
+    async def handle_batch(self, records: Sequence[InboundRecord]) -> None:
+        """Process one batch; return once every output is acknowledged."""
+        started = time.perf_counter()
+        async with self.lock:
+            work = _BatchWork()
+            for record in records:
+                await self._handle_record(record, work)
+            for p in sorted(work.clocks_moved | set(work.states)):
+                await self._fire_due(p, work)
+            self._write_states(work)
+            await self._flush_outputs(work)
+            self._confirm_partitions(work)
+            self._submit_to_mirror(work)
+            for record in records:
+                self.processed_offsets[(record.topic, record.partition)] = record.offset
+
+        finished = time.perf_counter()
+        self.metrics.batch_seconds.observe(finished - started)
+        wall = time.time()
+        for record in records:
+            if record.timestamp_ms:
+                self.metrics.event_latency_seconds.observe(
+                    max(0.0, wall - record.timestamp_ms / 1000)
+                )
+
+    async def _handle_record(self, record: InboundRecord, work: _BatchWork) -> None:
+        try:
+            item = decode_event(record.value, key=None, currency=self.rulebook.currency)
+        except InvalidEvent as exc:
+            self._dead_letter(record, exc.reason, exc.detail, work)
+            return
+
+        if isinstance(item, ClockMessage):
+            self._handle_clock(record, item, work)
+            return
+
+        key = item.customer_id.encode()
+        expected_partition = partition_for(key, self.settings.partitions)
+        if record.key != key or record.partition != expected_partition:
+            self._reroute(record, key, expected_partition, work)
+            return
+
+        self._apply(record, item, key, work)
+
+    def _handle_clock(self, record: InboundRecord, message: ClockMessage, work: _BatchWork) -> None:
+        if record.key is not None:
+            self._dead_letter(record, "clock_with_key", "a clock message must have no key", work)
+            return
+        if self.settings.clock_mode != "replay" or record.topic not in self._input_topics:
+            log.debug("clock message ignored", topic=record.topic, partition=record.partition)
+            return
+        ps = self._partition(record.partition)
+        if message.ts > ps.clock:
+            ps.clock = message.ts
+            work.clocks_moved.add(record.partition)
+            log.info("clock moved by clock message", partition=record.partition, clock=ps.clock)
+
+    def _reroute(
+        self, record: InboundRecord, key: bytes, expected_partition: int, work: _BatchWork
+    ) -> None:
+        if record.topic == self.settings.repartition_topic:
+            # Records here were produced with the right key, so a wrong partition
+            # means the topic's partition count differs from the tables'.
+            self._dead_letter(
+                record,
+                "misrouted",
+                f"partition {record.partition}, expected {expected_partition}",
+                work,
+            )
+            return
+        self.metrics.repartitioned_events.inc()
+        log.debug(
+            "record forwarded to the repartition topic",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            expected_partition=expected_partition,
+        )
+        assert record.value is not None  # decode_event rejected empty values
+        work.sends.append(self.send(self.settings.repartition_topic, key, record.value))
+
+    def _apply(self, record: InboundRecord, event: Event, key: bytes, work: _BatchWork) -> None:
+        p = record.partition
+        ps = self._partition(p)
+        wall = self.wall_now()
+        ps.clock = max(ps.clock, min(event.ts, wall))
+        ps.last_event_monotonic = time.monotonic()
+
+        state = self._load(p, key, event.customer_id, work)
+        outcome = self.engine.apply(
+            state,
+            event,
+            position=Position(record.topic, p, record.offset),
+            clock=ps.clock,
+            now=wall,
+        )
+        if outcome.duplicate:
+            self.metrics.duplicate_events.inc()
+        else:
+            self.metrics.events.labels(event.type).inc()
+        if outcome.late:
+            self.metrics.late_events.inc()
+        if outcome.changes:
+            work.changes.extend(outcome.changes)
+            work.changed.add(key)
+
+    def _load(self, p: int, key: bytes, customer_id: str, work: _BatchWork) -> CustomerState:
+        states = work.states.setdefault(p, {})
+        state = states.get(key)
+        if state is not None:
+            return state
+        raw = self.customers.get(key)
+        state = self.engine.new_state(customer_id) if raw is None else decode_state(raw)
+        confirmed = self.mirror_confirmed.pop(state.customer_id, None)
+        if confirmed is not None and confirmed > state.mirrored_seq:
+            state.mirrored_seq = confirmed
+        self.engine.start_batch(state)
+        states[key] = state
+        return state
+
+    async def _fire_due(self, p: int, work: _BatchWork) -> None:
+        ps = self.assigned.get(p)
+        if ps is None or not ps.index_ready:
+            return
+        # Customers loaded in this batch may have become due after the index
+        # last saw them (a cart followed by a clock message in one batch).
+        for key, state in work.states.get(p, {}).items():
+            ps.due.set(key, state.due)
+        watermark = ps.clock - self._lateness
+        wall = self.wall_now()
+        fired = 0
+        while True:
+            due_keys = ps.due.pop_due(watermark, _CHUNK)
+            if not due_keys:
+                break
+            for key in due_keys:
+                raw_state = work.states.get(p, {}).get(key)
+                if raw_state is None:
+                    raw = self.customers.get(key)
+                    if raw is None:
+                        continue
+                    raw_state = self._load(p, key, decode_state(raw).customer_id, work)
+                changes = self.engine.advance(raw_state, watermark=watermark, now=wall)
+                if changes:
+                    work.changes.extend(changes)
+                    work.changed.add(key)
+                fired += 1
+            await asyncio.sleep(0)
+        if fired:
+            log.debug("due customers evaluated", partition=p, customers=fired, watermark=watermark)
+
+    def _write_states(self, work: _BatchWork) -> None:
+        for p, states in work.states.items():
+            ps = self._partition(p)
+            for key, state in states.items():
+                ps.pseq += 1
+                state.pseq = ps.pseq
+                self.customers[key] = encode_state(state)
+                ps.due.set(key, state.due)
+
+    async def _flush_outputs(self, work: _BatchWork) -> None:
+        for change in work.changes:
+            work.sends.append(
+                self.send(
+                    self.settings.tag_change_topic,
+                    change.customer_id.encode(),
+                    encode_tag_change(change),
+                )
+            )
+            self.metrics.tag_changes.labels(
+                change.tag.split(":", 1)[0] if not change.tag.startswith("manual:") else "manual",
+                change.action,
+                change.source,
+            ).inc()
+        if work.sends:
+            await asyncio.gather(*work.sends)
+
+    def _confirm_partitions(self, work: _BatchWork) -> None:
+        for p in work.clocks_moved | set(work.states):
+            ps = self._partition(p)
+            ps.confirmed_pseq = ps.pseq
+            self.partitions_table[self._partition_keys[p]] = ps.encode()
+            self.metrics.partition_clock_ms.labels(str(p)).set(ps.clock)
+        self.metrics.due_index_size.set(sum(len(ps.due) for ps in self.assigned.values()))
+
+    def _submit_to_mirror(self, work: _BatchWork) -> None:
+        if self.mirror_submit is None:
+            return
+        for states in work.states.values():
+            for state in states.values():
+                if state.seq > state.mirrored_seq:
+                    self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
+
+    def _dead_letter(self, record: InboundRecord, reason: str, detail: str, work: _BatchWork) -> None:
+        self.metrics.invalid_events.labels(reason).inc()
+        log.warning(
+            "invalid record sent to the dead-letter topic",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+            detail=detail,
+        )
+        payload = dead_letter_record(
+            reason,
+            detail,
+            source={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+            key=record.key,
+            raw=record.value,
+        )
+        work.sends.append(self.send(self.settings.dead_letter_topic, record.key, payload))
+
+    def _partition(self, p: int) -> PartitionState:
+        ps = self.assigned.get(p)
+        if ps is None:
+            # A record can arrive before the assignment callback ran; start the
+            # partition from its stored record then, and build its index later.
+            ps = PartitionState.decode(p, self.partitions_table.get(self._partition_keys[p]))
+            self.assigned[p] = ps
+        return ps
+
+    # -- the clock without events --------------------------------------------------
+
+    async def tick(self, caught_up: Callable[[int], bool]) -> None:
+        """Move idle, caught-up partitions to the wall clock (live mode) and fire what is due."""
+        if self.settings.clock_mode != "live":
+            return
+        async with self.lock:
+            work = _BatchWork()
+            now_monotonic = time.monotonic()
+            target = self.wall_now() - _LIVE_CLOCK_LAG_MS
+            for p, ps in self.assigned.items():
+                if not ps.index_ready or not caught_up(p):
+                    continue
+                if now_monotonic - ps.last_event_monotonic < _LIVE_IDLE_S:
+                    continue
+                if target > ps.clock:
+                    ps.clock = target
+                    work.clocks_moved.add(p)
+            for p in sorted(work.clocks_moved):
+                await self._fire_due(p, work)
+            if not work.clocks_moved:
+                return
+            self._write_states(work)
+            await self._flush_outputs(work)
+            self._confirm_partitions(work)
+            self._submit_to_mirror(work)
+
+
+def _encode_outbox(change: dict[str, Any]) -> bytes:
+    return encode_tag_change(TagChange(**change))

@@ -1,0 +1,73 @@
+"""The worker's own read-only web views: /healthz, /readyz and /status."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tagger.streams.app import TaggerRuntime
+
+__all__ = ["readiness", "register_views", "status"]
+
+
+def register_views(runtime: TaggerRuntime) -> None:
+    """Add the views to the runtime's Faust app."""
+    app = runtime.app
+
+    @app.page("/healthz")  # type: ignore[untyped-decorator]
+    async def healthz(self: Any, request: Any) -> Any:
+        return self.json({"status": "ok"})
+
+    @app.page("/readyz")  # type: ignore[untyped-decorator]
+    async def readyz(self: Any, request: Any) -> Any:
+        ready, reasons = readiness(runtime)
+        return self.json({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
+
+    @app.page("/status")  # type: ignore[untyped-decorator]
+    async def status_view(self: Any, request: Any) -> Any:
+        return self.json(status(runtime))
+
+
+def readiness(runtime: TaggerRuntime) -> tuple[bool, list[str]]:
+    """Return whether every assigned partition has recovered and caught up, with the reasons if not."""
+    reasons: list[str] = []
+    processor = runtime.processor
+    if not processor.assigned:
+        reasons.append("no partition assigned yet")
+    for partition, state in sorted(processor.assigned.items()):
+        if not state.index_ready:
+            reasons.append(f"partition {partition} is recovering")
+        elif not runtime.caught_up(partition):
+            reasons.append(f"partition {partition} is behind its input")
+    return not reasons, reasons
+
+
+def status(runtime: TaggerRuntime) -> dict[str, Any]:
+    """Return the worker's progress per partition, for the demo, tests and operators."""
+    processor = runtime.processor
+    lateness = runtime.rulebook.allowed_lateness_ms
+    partitions = {}
+    for partition, state in sorted(processor.assigned.items()):
+        lags = {f"{tp.topic}": runtime.lag(tp) for tp in runtime.input_partitions(partition)}
+        partitions[str(partition)] = {
+            "clock": state.clock,
+            "watermark": state.clock - lateness,
+            "index_ready": state.index_ready,
+            "caught_up": runtime.caught_up(partition),
+            "lag": lags,
+            "due_customers": len(state.due),
+            "next_due": state.due.next_due(),
+        }
+    ready, reasons = readiness(runtime)
+    mirror = runtime.mirror
+    return {
+        "ready": ready,
+        "reasons": reasons,
+        "clock_mode": runtime.settings.clock_mode,
+        "rulebook_version": runtime.rulebook.version,
+        "partitions": partitions,
+        "mirror": {
+            "pending": 0 if mirror is None else mirror.pending_count,
+            "healthy": True if mirror is None else mirror.healthy,
+        },
+    }

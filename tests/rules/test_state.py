@@ -1,0 +1,111 @@
+"""Customer state: encoding round trip, versioning and bounded size."""
+
+from __future__ import annotations
+
+import pytest
+from rule_helpers import DAY, MINUTE, T0, Customer
+from tagger.rules.aggregates import MAX_CART_ITEMS, MAX_PER_VALUES, MAX_SERIES_ENTRIES
+from tagger.rules.state import STATE_VERSION, CustomerState, decode_state, encode_state
+
+# Upper bound for one customer's encoded state after a flood of events; the
+# scenario below measures about 8 KB (the series of 64 categories dominate).
+MAX_ENCODED_BYTES = 12_000
+
+
+def test_round_trip_new_state(customer: Customer) -> None:
+    assert decode_state(encode_state(customer.state)) == customer.state
+
+
+def test_round_trip_busy_state(customer: Customer) -> None:
+    customer.send("customer_update", T0, attributes={"member_level": "vip"})
+    customer.send("add_to_cart", T0 + 1, product_id="p1")
+    for offset in range(3):
+        customer.send("page_view", T0 + 2 + offset, category="shoes")
+    customer.send("purchase", T0 + 10, amount=100, currency="CNY")
+    customer.send("refund", T0 + 11, amount=50, currency="CNY")
+    customer.send("tag_assign", T0 + 12, tag="key_account")
+    customer.state.mirrored_seq = 3
+    customer.state.pseq = 9
+
+    restored = decode_state(encode_state(customer.state))
+
+    assert restored == customer.state
+
+
+def test_encoded_state_has_version(customer: Customer) -> None:
+    assert encode_state(customer.state).startswith(b'{"v":%d' % STATE_VERSION)
+
+
+def test_unknown_version_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown customer state version 99"):
+        decode_state(b'{"v":99,"c":"c1"}')
+
+
+def test_decoded_state_keeps_working(customer: Customer) -> None:
+    customer.send("add_to_cart", T0, product_id="p1")
+    customer.state = decode_state(encode_state(customer.state))
+
+    changes = customer.tick(T0 + 30 * MINUTE)
+
+    assert [change.tag for change in changes] == ["hesitant"]
+
+
+def test_state_bounded_under_flood(customer: Customer) -> None:
+    # 20,000 events over 2,000 categories, one a minute (about two weeks).
+    for index in range(20_000):
+        kind = "purchase" if index % 50 == 0 else "page_view"
+        fields: dict[str, object] = {"category": f"cat{index % 2_000}"}
+        if kind == "purchase":
+            fields.update(amount=1_000, currency="CNY")
+        customer.send(kind, T0 + index * MINUTE, **fields)
+        if index % 100 == 0:
+            customer.engine.start_batch(customer.state)
+
+    size = len(encode_state(customer.state))
+
+    assert size < MAX_ENCODED_BYTES
+    assert len(customer.state.per["category"]) <= MAX_PER_VALUES
+    assert all(
+        len(entries) <= MAX_SERIES_ENTRIES for entries in customer.state.totals.series.values()
+    )
+
+
+def test_series_merge_keeps_total(customer: Customer) -> None:
+    for index in range(MAX_SERIES_ENTRIES + 50):
+        customer.send("page_view", T0 + index, product_id="p1")
+
+    activity = customer.state.totals.series["activity"]
+
+    assert len(activity) == MAX_SERIES_ENTRIES
+    assert sum(value for _, value in activity) == MAX_SERIES_ENTRIES + 50
+
+
+def test_cart_bounded(customer: Customer) -> None:
+    for index in range(MAX_CART_ITEMS + 20):
+        customer.send("add_to_cart", T0 + index, product_id=f"p{index}")
+
+    assert len(customer.state.cart) == MAX_CART_ITEMS
+
+
+def test_old_entries_pruned(customer: Customer) -> None:
+    customer.send("page_view", T0, category="shoes")
+
+    customer.send("page_view", T0 + 31 * DAY, product_id="p1")
+
+    assert customer.state.totals.series["activity"] == [[T0 + 31 * DAY, 1]]
+    assert "category" not in customer.state.per
+
+
+def test_held_category_survives_eviction(customer: Customer) -> None:
+    for offset in range(3):
+        customer.send("page_view", T0 + offset, category="kept")
+    for index in range(MAX_PER_VALUES + 5):
+        customer.send("page_view", T0 + 10 + index, category=f"other{index}")
+
+    assert "kept" in customer.state.per["category"]
+
+
+def test_state_is_plain_dataclass() -> None:
+    state = CustomerState(customer_id="c1")
+
+    assert decode_state(encode_state(state)) == state
