@@ -24,11 +24,12 @@ __all__ = [
     "window_entries",
 ]
 
-# Bounds that keep one customer's state a few KB however many events arrive.
-# A series past MAX_SERIES_ENTRIES merges its two oldest entries; counts in
-# default rules need at most 5 entries per window, so the merge only touches
-# customers far past any threshold.
-MAX_SERIES_ENTRIES: Final = 256
+# Bounds that keep one customer's encoded state under about 10 KB, however
+# many events arrive.
+# A series past MAX_SERIES_ENTRIES merges the two adjacent entries closest in
+# time, so a merge delays an event's expiry by at most the smallest gap, which
+# is under window / 127 once 128 entries share a window.
+MAX_SERIES_ENTRIES: Final = 128
 # Parameter values tracked per `per` field; browsing_interest keeps 5 of them.
 MAX_PER_VALUES: Final = 64
 MAX_CART_ITEMS: Final = 128
@@ -196,11 +197,14 @@ def _add_entry(scope: Scope, key: str, time: int, value: int, expired_at_or_befo
     else:
         entries.insert(index, [time, value])
 
-    while len(entries) > MAX_SERIES_ENTRIES:
+    if len(entries) > MAX_SERIES_ENTRIES:
         # TODO: the merged entry leaves windows at the newer of the two times,
         # so the older event keeps counting up to that gap longer than it should.
-        entries[1][1] += entries[0][1]
-        del entries[0]
+        closest = min(
+            range(1, len(entries)), key=lambda index: entries[index][0] - entries[index - 1][0]
+        )
+        entries[closest][1] += entries[closest - 1][1]
+        del entries[closest - 1]
     if not entries:
         del scope.series[key]
 

@@ -83,10 +83,12 @@ class Engine:
         return CustomerState(customer_id=customer_id, rulebook_version=self.rulebook.version)
 
     def start_batch(self, state: CustomerState) -> None:
-        """Mark the outbox as belonging to a finished batch.
+        """Start a new batch for this customer: the next change recorded empties the outbox first.
 
-        The outbox is emptied just before the next change is added to it, not
-        here, so that a redelivered event still finds the changes it recorded.
+        The outbox is not emptied here, so that a redelivered event still finds
+        the changes it recorded. Once a redelivered event has re-emitted them,
+        they belong to the current batch again, and later changes of the batch
+        are appended after them.
         """
         state.outbox_stale = True
 
@@ -109,6 +111,7 @@ class Engine:
             and state.applied.get(_position_key(position), -1) >= position.offset
         ):
             recorded = tuple(TagChange(**change) for change in state.outbox)
+            state.outbox_stale = False
             return Outcome(recorded, duplicate=True, late=False)
 
         event_hash = _hash_event_id(event.event_id)

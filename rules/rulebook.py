@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Final, Literal
 
-from tagger.rules.expression import ExpressionError, Node, parse_duration, parse_expression
-from tagger.rules.money import currency_exponent
-from tagger.rules.typecheck import PER_FIELDS, check_condition, check_rank
-from tagger.rules.yaml_source import Source, suggest
 from yaml.nodes import Node as YamlNode
 from yaml.nodes import ScalarNode
 
 from tagger.errors import RulebookError
+from tagger.rules.expression import ExpressionError, Node, parse_duration, parse_expression
+from tagger.rules.money import currency_exponent
+from tagger.rules.typecheck import PER_FIELDS, check_condition, check_rank
+from tagger.rules.yaml_source import Source, suggest
 
 __all__ = [
     "MANUAL_GROUP",

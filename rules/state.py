@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import orjson
+
 from tagger.schemas.events import AttributeValue
 
 __all__ = [
@@ -182,9 +183,16 @@ def _encode_scope(scope: Scope) -> dict[str, Any]:
         encoded["n"] = scope.counts
     if scope.last:
         encoded["l"] = scope.last
-    if scope.newest is not None:
+    # `newest` is left out when the series or last times already show it.
+    if scope.newest is not None and scope.newest != _newest_recorded(scope):
         encoded["w"] = scope.newest
     return encoded
+
+
+def _newest_recorded(scope: Scope) -> int | None:
+    times = [entries[-1][0] for entries in scope.series.values() if entries]
+    times.extend(scope.last.values())
+    return max(times, default=None)
 
 
 def _encode_series(entries: list[list[int]]) -> list[int | list[int]]:
@@ -199,12 +207,13 @@ def _encode_series(entries: list[list[int]]) -> list[int | list[int]]:
 
 
 def _decode_scope(data: dict[str, Any]) -> Scope:
-    return Scope(
+    scope = Scope(
         series={key: _decode_series(flat) for key, flat in data.get("s", {}).items()},
         counts=data.get("n", {}),
         last=data.get("l", {}),
-        newest=data.get("w"),
     )
+    scope.newest = data.get("w", _newest_recorded(scope))
+    return scope
 
 
 def _decode_series(flat: list[int | list[int]]) -> list[list[int]]:

@@ -1,7 +1,8 @@
 """The published JSON Schema files: loading them from package data and validating against them.
 
 These validators are for tests, tools and producers' checks. The worker's hot path
-uses `tagger.schemas.decode`, which checks the same rules by hand.
+uses `tagger.schemas.decode`, which checks the same rules, and a few that JSON Schema
+cannot express, by hand.
 """
 
 from __future__ import annotations

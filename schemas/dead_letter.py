@@ -26,11 +26,11 @@ __all__ = [
     "decode_dead_letter",
 ]
 
-# A dead-letter record keeps at most this prefix of the value, so that even a 1 MiB
-# input gives a record far below Kafka's default 1 MiB message limit.
+# A dead-letter record keeps at most this prefix of the value. Even for a 1 MiB input the
+# record stays far below the 1 MiB default of the Java producer's max.request.size.
 MAX_RAW_BYTES: Final = 64 * 1024
 
-# A customer id in UTF-8 is at most 512 bytes; a longer key is kept as a prefix.
+# A customer id is at most 512 bytes in UTF-8, so only a wrong key can be longer.
 MAX_KEY_BYTES: Final = 1024
 
 MAX_DETAIL_CHARS: Final = 1000
@@ -80,7 +80,7 @@ def dead_letter_record(
     raw_b64 = raw_sha256 = raw_size = None
     if raw is not None:
         truncated = truncated or len(raw) > MAX_RAW_BYTES
-        raw_b64 = base64.b64encode(raw[:MAX_RAW_BYTES]).decode("ascii")
+        raw_b64 = base64.b64encode(raw).decode("ascii")
         raw_sha256 = hashlib.sha256(raw).hexdigest()
         raw_size = len(raw)
 

@@ -27,7 +27,7 @@ __all__ = [
     "encode_event",
 ]
 
-# Real events are a few hundred bytes; the limit bounds the cost of parsing one record.
+# Real events are a few hundred bytes, so this only bounds the cost of parsing one record.
 MAX_EVENT_BYTES: Final = 1024 * 1024
 
 # Limits of string fields, in characters (code points), as the JSON Schema states them.
@@ -38,7 +38,7 @@ MAX_TAG_NAME_CHARS: Final = 64
 # Integer ids (product_id, order_id, campaign_id) must fit a signed 64-bit database key.
 MAX_INTEGER_ID: Final = 2**63 - 1
 
-# Sanity bound on one line; also keeps price × quantity far inside 64 bits.
+# Far above any real order line, so a larger quantity is a data error upstream.
 MAX_QUANTITY: Final = 10**9
 
 # Limits that keep one customer_update from bloating the customer's stored state.
@@ -204,7 +204,7 @@ def _required(record: Mapping[str, Any], field: str) -> Any:
 
 
 def _optional(record: Mapping[str, Any], field: str, check: Callable[[Any, str], _T]) -> _T | None:
-    """Check a field that may be absent; JSON null counts as absent."""
+    """Check a field that may be absent. JSON null counts as absent."""
     value = record.get(field)
     return None if value is None else check(value, field)
 
@@ -220,7 +220,7 @@ def _string(value: Any, field: str) -> str:
 
 
 def _id(value: Any, field: str) -> str:
-    """Check an id that may be a string or a non-negative integer; integers become strings."""
+    """Check an id that may be a string or a non-negative integer. Integers become strings."""
     number = _integer(value)
     if number is not None and 0 <= number <= MAX_INTEGER_ID:
         return str(number)
@@ -295,7 +295,7 @@ def _currency(value: Any, rulebook_currency: str) -> str:
 
 def _money(value: Any, field: str, currency: str, minimum: int) -> int:
     minor = parse_money(value, currency, field=field)
-    # "-0" parses to 0, but money in an event is never written with a sign.
+    # "-0" parses to 0, but event.json allows no sign in money strings, so it is rejected too.
     if minor < minimum or (isinstance(value, str) and value.startswith("-")):
         expected = "greater than 0" if minimum > 0 else "0 or more"
         raise InvalidEvent(
@@ -403,7 +403,9 @@ def encode_event(event: Event, *, currency: str | None = None) -> bytes:
             continue
 
         if price_currency is None:
-            raise ValueError(f"{field} of event {event.event_id!r} needs a currency to encode")
+            raise ValueError(
+                f"{field} of event {event.event_id!r} has no currency: pass currency= to encode it"
+            )
         record[field] = format_money(value, price_currency)
 
     return orjson.dumps(record)

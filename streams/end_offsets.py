@@ -89,7 +89,7 @@ async def probe_end_offsets(
         await consumer.stop()
 
 
-class EndOffsetProbingConsumer(FaustAiokafkaConsumer):  # type: ignore[misc]
+class EndOffsetProbingConsumer(FaustAiokafkaConsumer):
     """Faust's aiokafka consumer, with end offsets read to the true end."""
 
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:

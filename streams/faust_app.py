@@ -6,13 +6,14 @@ import logging
 from typing import Any
 
 import faust
+
 from tagger.streams.end_offsets import EndOffsetProbingConsumer
 from tagger.streams.logs import quiet_libraries
 
 __all__ = ["TaggerApp", "TaggerWorker"]
 
 
-class TaggerApp(faust.App):  # type: ignore[misc]
+class TaggerApp(faust.App):
     """A Faust app whose consumer can read changelogs to their true end on Tansu."""
 
     probe_end_offsets = False
@@ -20,11 +21,12 @@ class TaggerApp(faust.App):  # type: ignore[misc]
     def _new_transport(self) -> Any:
         transport = super()._new_transport()
         if self.probe_end_offsets:
-            transport.Consumer = EndOffsetProbingConsumer
+            # Faust reads the consumer class from the transport instance.
+            transport.Consumer = EndOffsetProbingConsumer  # type: ignore[misc]
         return transport
 
 
-class TaggerWorker(faust.Worker):  # type: ignore[misc]
+class TaggerWorker(faust.Worker):
     """Faust's worker without its terminal spinner, which forces the root logger to DEBUG."""
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:

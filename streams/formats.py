@@ -14,9 +14,9 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import orjson
-from tagger.schemas.money import currency_exponent, format_money, parse_money
 
 from tagger.errors import ConfigError, InvalidEvent
+from tagger.schemas.money import currency_exponent, format_money, parse_money
 
 __all__ = [
     "FORMATS",

@@ -42,7 +42,9 @@ class TaggerMetrics:
         """Register every metric on `registry` and return them."""
         return cls(
             events=Counter(
-                "tagger_events_total", "Valid input events applied, by type.", ["type"],
+                "tagger_events_total",
+                "Valid input events applied, by type.",
+                ["type"],
                 registry=registry,
             ),
             invalid_events=Counter(

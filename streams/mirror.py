@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import time
@@ -26,6 +27,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.typing import EncodableT, FieldT
+
 from tagger.streams.config import Settings
 from tagger.streams.mirror_lua import (
     APPLY_SCRIPT,
@@ -235,10 +237,9 @@ class MirrorWriter:
     async def _run(self) -> None:
         while True:
             if not self._pending:
-                if self._stopping:
-                    self._idle.set()
-                    return
                 self._idle.set()
+                if self._stopping:
+                    return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -264,7 +265,7 @@ class MirrorWriter:
 
     def _take_batch(self) -> list[_Update]:
         batch: list[_Update] = []
-        for customer_id in list(self._pending)[: self._max_pipeline]:
+        for customer_id in list(itertools.islice(self._pending, self._max_pipeline)):
             update = self._pending.pop(customer_id)
             self._in_flight[customer_id] = update
             batch.append(update)

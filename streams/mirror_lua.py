@@ -50,6 +50,9 @@ def rulebook_key(prefix: str) -> str:
 # That is fine on one Redis server, where a script runs atomically over the
 # whole keyspace. On Redis Cluster those sets live in other slots, so there
 # the customer hash is authoritative and the tag sets only converge.
+# TODO: this script fails on Redis Cluster, because even its two declared
+# keys hash to different slots, and the writer then drops the customers as
+# `failed`. A cluster mode needs its own key layout and separate tag-set writes.
 #
 # Redis runs a script atomically, so a reader in another connection sees
 # either the whole old tag set or the whole new one, never two tags of one
@@ -67,15 +70,15 @@ if stored ~= nil and stored >= seq then
   return 0
 end
 
-local wanted = {}
+local new_tags = {}
 for i = 5, #ARGV, 2 do
-  wanted[ARGV[i]] = ARGV[i + 1]
+  new_tags[ARGV[i]] = ARGV[i + 1]
 end
 
-local held = redis.call('HGETALL', customer_key)
-for i = 1, #held, 2 do
-  local tag = held[i]
-  if wanted[tag] == nil then
+local old_tags = redis.call('HGETALL', customer_key)
+for i = 1, #old_tags, 2 do
+  local tag = old_tags[i]
+  if new_tags[tag] == nil then
     redis.call('HDEL', customer_key, tag)
     redis.call('ZREM', prefix .. 'tag:' .. tag, customer_id)
   end

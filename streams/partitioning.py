@@ -9,4 +9,4 @@ __all__ = ["partition_for"]
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Return the partition that Kafka's default partitioner picks for a key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions

@@ -22,12 +22,15 @@ batch, and flushes the producer (changelogs included) before committing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+
+from tagger.errors import InvalidEvent
 from tagger.rules.engine import Engine, Position
 from tagger.rules.rulebook import Rulebook
 from tagger.rules.state import CustomerState, decode_state, encode_state
@@ -39,8 +42,6 @@ from tagger.streams.clock import PartitionState, partition_record_key
 from tagger.streams.config import Settings
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.partitioning import partition_for
-
-from tagger.errors import InvalidEvent
 
 __all__ = ["InboundRecord", "Processor", "TableLike"]
 
@@ -146,10 +147,9 @@ class Processor:
         for p in partitions:
             if self.assigned.pop(p, None) is None:
                 continue
-            try:
+            # The partition may never have had a clock value exported.
+            with contextlib.suppress(KeyError):
                 self.metrics.partition_clock_ms.remove(str(p))
-            except KeyError:
-                pass  # the partition never had a clock value exported
             log.info("partition revoked", partition=p)
 
     async def _build_indexes(self, partitions: set[int]) -> None:
@@ -397,7 +397,9 @@ class Processor:
                 if state.seq > state.mirrored_seq:
                     self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
 
-    def _dead_letter(self, record: InboundRecord, reason: str, detail: str, work: _BatchWork) -> None:
+    def _dead_letter(
+        self, record: InboundRecord, reason: str, detail: str, work: _BatchWork
+    ) -> None:
         self.metrics.invalid_events.labels(reason).inc()
         log.warning(
             "invalid record sent to the dead-letter topic",

@@ -14,13 +14,13 @@ import redis
 import redis.exceptions
 import structlog
 from kafka import KafkaConsumer, TopicPartition
+
+from tagger.errors import MirrorError
 from tagger.schemas.timestamps import format_timestamp
 from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.mirror import count_members, read_members, read_rulebook, read_tags
 from tagger.streams.topics import TopicError
-
-from tagger.errors import MirrorError
 
 __all__ = [
     "MemberPage",

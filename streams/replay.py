@@ -18,11 +18,11 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
+
+from tagger.errors import ConfigError, TaggerError
 from tagger.schemas.dead_letter import dead_letter_record
 from tagger.streams.config import Settings
 from tagger.streams.formats import BadRow, ConvertedEvent, detect_format, event_time_ms, read_items
-
-from tagger.errors import ConfigError, TaggerError
 
 __all__ = ["EndClock", "ReplayError", "ReplayReport", "replay_events", "replay_file"]
 
@@ -171,6 +171,8 @@ def _sorted_events(
     items: Iterator[ConvertedEvent | BadRow], sender: _Sender, file: str
 ) -> list[ConvertedEvent]:
     # Bad rows need no order, so they go out while the file is read.
+    # TODO: sort externally (sorted runs on disk, then a merge); until then a
+    # file whose events do not fit in memory needs assume_sorted.
     events: list[ConvertedEvent] = []
     for item in items:
         sender.count_rows(item)

@@ -10,9 +10,9 @@ from typing import Any, Literal
 import kafka.errors
 import structlog
 from kafka.admin import KafkaAdminClient
-from tagger.streams.config import Settings
 
 from tagger.errors import ConfigError, TaggerError
+from tagger.streams.config import Settings
 
 __all__ = [
     "DEDUP_WINDOW_MS",

@@ -14,22 +14,22 @@ def register_views(runtime: TaggerRuntime) -> None:
     """Add the views to the runtime's Faust app."""
     app = runtime.app
 
-    @app.page("/healthz")  # type: ignore[untyped-decorator]
+    @app.page("/healthz")
     async def healthz(self: Any, request: Any) -> Any:
         return self.json({"status": "ok"})
 
-    @app.page("/readyz")  # type: ignore[untyped-decorator]
+    @app.page("/readyz")
     async def readyz(self: Any, request: Any) -> Any:
         ready, reasons = readiness(runtime)
         return self.json({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
 
-    @app.page("/status")  # type: ignore[untyped-decorator]
+    @app.page("/status")
     async def status_view(self: Any, request: Any) -> Any:
         return self.json(status(runtime))
 
 
 def readiness(runtime: TaggerRuntime) -> tuple[bool, list[str]]:
-    """Return whether every assigned partition has recovered and caught up, with the reasons if not."""
+    """Return whether every assigned partition has recovered and caught up, and why not."""
     reasons: list[str] = []
     processor = runtime.processor
     if not processor.assigned:

@@ -6,14 +6,14 @@ import asyncio
 
 import mode
 import structlog
+
+from tagger.errors import ConfigError
 from tagger.rules.rulebook import Rulebook, load_rulebook
 from tagger.streams.app import TaggerRuntime, TaggerWorker, build_app
 from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.mirror import MirrorWriter
 from tagger.streams.topics import check_topics, create_topics
-
-from tagger.errors import ConfigError
 
 __all__ = ["build_runtime", "run_worker"]
 
@@ -23,9 +23,11 @@ log = structlog.get_logger(__name__)
 _MIRROR_FLUSH_ON_STOP_S = 5.0
 
 
-def build_runtime(settings: Settings, rulebook: Rulebook | None = None) -> TaggerRuntime:
+def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) -> TaggerRuntime:
     """Prepare topics and the Redis mirror, and build the Faust app for one worker."""
-    rulebook = rulebook if rulebook is not None else load_rulebook(settings.rulebook_path)
+    rulebook = (
+        given_rulebook if given_rulebook is not None else load_rulebook(settings.rulebook_path)
+    )
     if settings.wall_clock_offset_ms:
         log.warning(
             "wall clock is shifted for testing",
@@ -66,7 +68,7 @@ def build_runtime(settings: Settings, rulebook: Rulebook | None = None) -> Tagge
     late["runtime"] = runtime
     app = runtime.app
 
-    class MirrorService(mode.Service):  # type: ignore[misc]
+    class MirrorService(mode.Service):
         """Starts the mirror writer with the app and flushes it when the app stops."""
 
         async def on_start(self) -> None:
@@ -81,8 +83,11 @@ def build_runtime(settings: Settings, rulebook: Rulebook | None = None) -> Tagge
                 try:
                     await mirror.write_rulebook(rulebook.describe(), rulebook.version)
                 except Exception as exc:
-                    log.warning("rulebook labels not written to Redis, retrying",
-                                error=repr(exc), retry_in_s=delay)
+                    log.warning(
+                        "rulebook labels not written to Redis, retrying",
+                        error=repr(exc),
+                        retry_in_s=delay,
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                     continue

@@ -19,9 +19,9 @@ from typing import IO, Any
 
 import orjson
 import structlog
-from tagger.streams.config import Settings
 
 from tagger.errors import TaggerError
+from tagger.streams.config import Settings
 
 __all__ = ["WorkerProcess", "WorkerProcessError", "caught_up_to"]
 
@@ -37,7 +37,9 @@ class WorkerProcessError(TaggerError):
 class WorkerProcess:
     """One `tagger worker` child process with its own log file."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, settings: Settings, log_path: Path, *, extra_env: dict[str, str] | None = None
+    ):
         self.settings = settings
         self.log_path = log_path
         self.extra_env = extra_env or {}
@@ -108,7 +110,9 @@ class WorkerProcess:
             try:
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("worker did not stop in time, killing", pid=process.pid, timeout_s=timeout_s)
+                log.warning(
+                    "worker did not stop in time, killing", pid=process.pid, timeout_s=timeout_s
+                )
                 process.kill()
                 process.wait()
         self._close()

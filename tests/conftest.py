@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tagger.streams.config import Settings
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 

@@ -28,8 +28,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes for a test; every one still running is stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, *, extra_env: dict[str, str] | None = None,
-              wait: bool = True) -> WorkerProcess:
+    def start(
+        settings: Settings, *, extra_env: dict[str, str] | None = None, wait: bool = True
+    ) -> WorkerProcess:
         create_topics(settings)
         worker = WorkerProcess(
             settings, tmp_path / f"worker-{len(started)}.log", extra_env=extra_env
@@ -38,8 +39,10 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker.start()
         if wait:
             worker.wait_for(
-                lambda status: len(status.get("partitions", {})) == settings.partitions
-                and all(view["index_ready"] for view in status["partitions"].values()),
+                lambda status: (
+                    len(status.get("partitions", {})) == settings.partitions
+                    and all(view["index_ready"] for view in status["partitions"].values())
+                ),
                 timeout_s=JOIN_TIMEOUT_S,
                 what="all partitions assigned and recovered",
             )

@@ -34,8 +34,10 @@ def tag_changes(settings: Settings) -> list[dict[str, Any]]:
 
 
 def fold_changes(changes: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Fold tag changes, in per-customer sequence order, into current tags: customer → tag → since."""
-    ordered = sorted(changes, key=lambda c: (c["customer_id"], int(c["change_id"].rsplit(":", 1)[1])))
+    """Fold tag changes in per-customer sequence order into customer → tag → since."""
+    ordered = sorted(
+        changes, key=lambda c: (c["customer_id"], int(c["change_id"].rsplit(":", 1)[1]))
+    )
     tags: dict[str, dict[str, int]] = {}
     for change in ordered:
         held = tags.setdefault(change["customer_id"], {})
@@ -53,7 +55,9 @@ def mirror_tags(settings: Settings) -> dict[str, dict[str, int]]:
     try:
         result = {}
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            result[key[len(prefix):]] = {tag: int(since) for tag, since in client.hgetall(key).items()}
+            result[key[len(prefix) :]] = {
+                tag: int(since) for tag, since in client.hgetall(key).items()
+            }
         return result
     finally:
         client.close()
@@ -67,7 +71,7 @@ def mirror_members(settings: Settings) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = {}
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             for customer, since in client.zrange(key, 0, -1, withscores=True):
-                result.setdefault(customer, {})[key[len(prefix):]] = int(since)
+                result.setdefault(customer, {})[key[len(prefix) :]] = int(since)
         return result
     finally:
         client.close()

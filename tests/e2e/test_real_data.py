@@ -26,11 +26,13 @@ def _rulebook_in(currency: str, folder: Path) -> str:
     return str(path)
 
 
-def _replay_and_wait(
-    settings: Settings, worker: WorkerProcess, path: Path, currency: str
-) -> int:
+def _replay_and_wait(settings: Settings, worker: WorkerProcess, path: Path, currency: str) -> int:
     report = replay_file(
-        path, settings, currency=currency, end_clock="auto", end_clock_span_ms=_HOUR_MS,
+        path,
+        settings,
+        currency=currency,
+        end_clock="auto",
+        end_clock_span_ms=_HOUR_MS,
         progress=False,
     )
     assert report.end_clock is not None
@@ -45,7 +47,9 @@ def _replay_and_wait(
 
 
 def test_rees46_matches_reference(
-    replay_settings: Settings, start_worker: Callable[..., WorkerProcess], sample_data: Path,
+    replay_settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    sample_data: Path,
     tmp_path: Path,
 ) -> None:
     path = sample_data / "rees46_multicat_2019-10_head.csv"
@@ -54,21 +58,28 @@ def test_rees46_matches_reference(
 
     end_clock = _replay_and_wait(replay_settings, worker, path, "USD")
 
-    expected = {customer: tags for customer, tags in reference_rees46(path, end_clock).items() if tags}
+    expected = {
+        customer: tags for customer, tags in reference_rees46(path, end_clock).items() if tags
+    }
     published = fold_changes(tag_changes(replay_settings))
     assert published == expected
     assert mirror_tags(replay_settings) == expected
     assert mirror_members(replay_settings) == expected
     assert len(hesitant_customers(published)) == 53
 
-    dead = [orjson.loads(value) for _, value in read_topic(replay_settings, replay_settings.dead_letter_topic)]
+    dead = [
+        orjson.loads(value)
+        for _, value in read_topic(replay_settings, replay_settings.dead_letter_topic)
+    ]
     truncated = [d for d in dead if d["reason"] == "wrong_field_count"]
     assert len(truncated) == 1
     assert truncated[0]["source"]["line"] == 17_436
 
 
 def test_online_retail_matches_reference(
-    replay_settings: Settings, start_worker: Callable[..., WorkerProcess], sample_data: Path,
+    replay_settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    sample_data: Path,
     tmp_path: Path,
 ) -> None:
     path = sample_data / "online_retail_customers_sample.csv"

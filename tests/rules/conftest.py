@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from rule_helpers import Customer
+
 from tagger.rules.engine import Engine
 from tagger.rules.rulebook import Rulebook, load_rulebook, parse_rulebook
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from rule_helpers import DAY, MINUTE, T0, Customer
+
 from tagger.rules.engine import Engine
 from tagger.rules.rulebook import Rulebook
 
@@ -173,6 +174,15 @@ def test_purchase_at_deadline_adds_then_removes(customer: Customer) -> None:
     assert hesitant == [("added", T0 + 30 * MINUTE), ("removed", T0 + 30 * MINUTE)]
 
 
+def test_purchase_at_add_time_clears_item(customer: Customer) -> None:
+    customer.send("add_to_cart", T0, product_id="p1")
+    customer.send("purchase", T0, amount=100, currency="CNY")
+
+    customer.tick(T0 + DAY)
+
+    assert all(change.tag != "hesitant" for change in customer.changes)
+
+
 def test_remove_only_item_clears_hesitant(customer: Customer) -> None:
     customer.send("add_to_cart", T0, product_id="p1")
     customer.tick(T0 + 30 * MINUTE)
@@ -321,6 +331,17 @@ def test_removals_before_additions(customer: Customer) -> None:
 
     actions = [change.action for change in changes]
     assert actions == sorted(actions, key=lambda action: action != "removed")
+
+
+def test_same_instant_follows_rule_order(customer: Customer) -> None:
+    customer.send("purchase", T0, amount=100, currency="CNY")
+
+    changes = customer.tick(T0 + 30 * DAY)
+
+    assert [(change.tag, change.action) for change in changes] == [
+        ("recent_buyer", "removed"),
+        ("active", "removed"),
+    ]
 
 
 def test_exclusive_group_never_holds_two(customer: Customer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rule_helpers import DAY, HOUR, MINUTE, NOW, T0, TOPIC, Customer
+
 from tagger.rules.engine import DEDUP_MAX_AGE_MS, DEDUP_MAX_EVENTS, Engine, Position
 from tagger.rules.rulebook import Rulebook
 from tagger.rules.state import decode_state, encode_state
@@ -51,6 +52,32 @@ def test_outbox_survives_start_batch_until_next_change(customer: Customer) -> No
     again = engine.apply(customer.state, event, position=Position(TOPIC, 0, 7), clock=T0, now=NOW)
 
     assert again.changes == first.changes
+
+
+def test_reemitted_outbox_kept_with_new_changes(customer: Customer) -> None:
+    """A batch that re-emits a redelivered event's changes must keep them in the outbox.
+
+    Otherwise a crash before that batch's output is flushed would lose them:
+    the next redelivery would find only the newer changes.
+    """
+    engine = customer.engine
+    first = engine.apply(
+        customer.state, _event("a", T0), position=Position(TOPIC, 0, 7), clock=T0, now=NOW
+    )
+    engine.start_batch(customer.state)
+    engine.apply(customer.state, _event("a", T0), position=Position(TOPIC, 0, 7), clock=T0, now=NOW)
+
+    second = engine.apply(
+        customer.state,
+        _event("b", T0 + 1, "purchase", amount=1, currency="CNY"),
+        position=Position(TOPIC, 0, 8),
+        clock=T0 + 1,
+        now=NOW,
+    )
+
+    assert [change["change_id"] for change in customer.state.outbox] == [
+        change.change_id for change in first.changes + second.changes
+    ]
 
 
 def test_start_batch_clears_outbox_on_next_change(customer: Customer) -> None:
@@ -176,6 +203,20 @@ def test_money_exact(rulebook_from: Callable[..., Rulebook]) -> None:
     assert customer.tags == {"sixty_cents"}
 
 
+def test_net_spend_reads_zero_after_big_refund(rulebook_from: Callable[..., Rulebook]) -> None:
+    rulebook = rulebook_from(
+        "  - id: refunded\n    group: test\n    labels: {zh: 退款, en: Refunded}\n"
+        "    description: All spend refunded.\n"
+        "    when: count(refund) >= 1 and net_spend(30d) == 0\n"
+    )
+    customer = Customer(Engine(rulebook))
+    customer.send("purchase", T0, amount=100, currency="CNY")
+
+    outcome = customer.send("refund", T0 + 1, amount=500, currency="CNY")
+
+    assert outcome.changes[0].reason["values"] == {"count(refund)": 1, "net_spend(30d)": "0.00"}
+
+
 def test_manual_tag_assign_and_unassign(customer: Customer) -> None:
     assigned = customer.send("tag_assign", T0, tag="key_account", operator="alice")
     unassigned = customer.send("tag_unassign", T0 + MINUTE, tag="key_account", operator="alice")
@@ -209,6 +250,14 @@ def test_late_event_outside_window_not_counted(customer: Customer) -> None:
 
     assert "recent_buyer" not in customer.tags
     assert "existing" in customer.tags
+
+
+def test_late_attribute_update_ignored(customer: Customer) -> None:
+    customer.send("customer_update", T0 + MINUTE, attributes={"member_level": "vip"})
+
+    customer.send("customer_update", T0, attributes={"member_level": "gold"})
+
+    assert "vip" in customer.tags
 
 
 def test_allowed_lateness_delays_due(rulebook_from: Callable[..., Rulebook]) -> None:

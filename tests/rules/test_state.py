@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 from rule_helpers import DAY, MINUTE, T0, Customer
+
 from tagger.rules.aggregates import MAX_CART_ITEMS, MAX_PER_VALUES, MAX_SERIES_ENTRIES
 from tagger.rules.state import STATE_VERSION, CustomerState, decode_state, encode_state
 
 # Upper bound for one customer's encoded state after a flood of events; the
-# scenario below measures about 8 KB (the series of 64 categories dominate).
-MAX_ENCODED_BYTES = 12_000
+# scenario below measures 8,954 bytes, mostly customer-wide series (3.8 KB)
+# and the series of 64 tracked categories (3.0 KB).
+MAX_ENCODED_BYTES = 10_000
 
 
 def test_round_trip_new_state(customer: Customer) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from tagger.schemas.contract import schema_errors
 from tagger.schemas.dead_letter import (
     DEAD_LETTER_REASONS,

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tagger.schemas.decode import decode_event
-from tagger.schemas.events import EVENT_TYPES, ClockMessage, Event
 
 from tagger.errors import InvalidEvent
+from tagger.schemas.decode import decode_event
+from tagger.schemas.events import EVENT_TYPES, ClockMessage, Event
 
 FIELDS = (
     "event_id",
@@ -29,16 +29,19 @@ FIELDS = (
     "operator",
 )
 
-VALID_PAGE_VIEW = orjson.dumps(
-    {
-        "event_id": "e-1",
-        "customer_id": "c-1",
-        "type": "page_view",
-        "ts": "2019-10-01T00:00:00Z",
-        "category": "electronics.smartphone",
-        "price": "1081.98",
-    }
-)
+BASE = {"event_id": "e-1", "customer_id": "c-1", "ts": "2019-10-01T00:00:00Z"}
+VALID_RECORDS = [
+    {**BASE, "type": "page_view", "category": "electronics.smartphone", "price": "1081.98"},
+    {**BASE, "type": "add_to_cart", "product_id": "p-1", "quantity": 2},
+    {**BASE, "type": "purchase", "amount": "1399.80", "currency": "CNY", "price": 5},
+    {**BASE, "type": "refund", "amount": 10, "currency": "CNY"},
+    {**BASE, "type": "campaign_join", "campaign_id": "double11"},
+    {**BASE, "type": "customer_update", "attributes": {"member_level": "vip"}},
+    {**BASE, "type": "tag_assign", "tag": "key_account", "operator": "alice"},
+    {**BASE, "type": "page_view", "customer_id": "顾客-ä", "event_id": "事件-1"},
+    {"type": "clock", "ts": 1_569_888_000_000},
+]
+VALID_PAGE_VIEW = orjson.dumps(VALID_RECORDS[0])
 
 # orjson cannot write lone surrogates, so generated text leaves them out.
 texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
@@ -67,6 +70,8 @@ near_valid = st.sampled_from(
         "c-1",
         "key_account",
         {"member_level": "vip"},
+        "顾客1",
+        "c-\u00e4",
         0,
         -1,
         1e300,
@@ -76,6 +81,12 @@ near_valid = st.sampled_from(
 event_like = st.fixed_dictionaries(
     {"type": st.sampled_from([*EVENT_TYPES, "clock", "bogus"]) | json_values},
     optional={field: near_valid | json_values for field in FIELDS},
+)
+# A valid record with some fields replaced, so that every later check is reached too.
+mutated_records = st.builds(
+    lambda record, changes: {**record, **changes},
+    st.sampled_from(VALID_RECORDS),
+    st.dictionaries(st.sampled_from(FIELDS), near_valid | json_values, min_size=1, max_size=3),
 )
 keys = st.none() | st.binary(max_size=8) | st.just(b"c-1")
 
@@ -94,15 +105,21 @@ def test_random_bytes(raw: bytes, key: bytes | None) -> None:
     decode_or_reject(raw, key)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(value=json_values, key=keys)
 def test_random_json(value: Any, key: bytes | None) -> None:
     decode_or_reject(orjson.dumps(value), key)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(record=event_like, key=keys)
 def test_random_event_objects(record: dict[str, Any], key: bytes | None) -> None:
+    decode_or_reject(orjson.dumps(record), key)
+
+
+@settings(max_examples=200, deadline=None)
+@given(record=mutated_records, key=keys)
+def test_mutated_valid_records(record: dict[str, Any], key: bytes | None) -> None:
     decode_or_reject(orjson.dumps(record), key)
 
 

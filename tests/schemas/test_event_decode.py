@@ -6,10 +6,10 @@ from typing import Any
 
 import orjson
 import pytest
-from tagger.schemas.decode import MAX_EVENT_BYTES, REASONS, KeyMismatch, decode_event, encode_event
-from tagger.schemas.events import ClockMessage, Event
 
 from tagger.errors import InvalidEvent
+from tagger.schemas.decode import MAX_EVENT_BYTES, REASONS, KeyMismatch, decode_event, encode_event
+from tagger.schemas.events import ClockMessage, Event
 
 OCT_1_2019 = 1_569_888_000_000  # 2019-10-01T00:00:00Z
 
@@ -61,7 +61,7 @@ def reason_of(record: object, *, key: bytes | None = None, currency: str = "CNY"
 
 
 def with_fields(event_type: str, **changes: Any) -> dict[str, Any]:
-    """Return the sample of `event_type` with fields replaced; a value of ... removes it."""
+    """Return the sample of `event_type` with fields replaced. A value of ... removes the field."""
     record = dict(SAMPLES[event_type])
     for field, value in changes.items():
         if value is ...:

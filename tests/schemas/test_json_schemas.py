@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,14 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+
+from tagger.errors import InvalidEvent
 from tagger.schemas.contract import SCHEMA_NAMES, SchemaName, load_schema, schema_errors
 from tagger.schemas.decode import decode_event, encode_event
 from tagger.schemas.events import EVENT_TYPES, Event
 from tagger.schemas.money import CURRENCY_EXPONENTS
 from tagger.schemas.reasons import DEAD_LETTER_REASONS
 from tagger.schemas.timestamps import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, TIMESTAMP_PATTERN
-
-from tagger.errors import InvalidEvent
 
 OCT_1_2019 = 1_569_888_000_000  # 2019-10-01T00:00:00Z
 BASE = {"event_id": "e-1", "customer_id": "c-42", "ts": "2019-10-01T00:00:00Z"}
@@ -261,3 +263,27 @@ def test_encoded_event_matches_schema(record: dict[str, Any]) -> None:
     encoded = orjson.loads(encode_event(event, currency="CNY"))
 
     assert schema_errors("event", encoded) == []
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def doc_examples(name: str) -> list[Any]:
+    text = (DOCS / name).read_text(encoding="utf-8")
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
+
+
+@pytest.mark.parametrize("doc", ["events.md", "events.zh-CN.md"])
+def test_doc_examples_match_schemas(doc: str) -> None:
+    examples = doc_examples(doc)
+    events = [example for example in examples if "type" in example]
+    changes = [example for example in examples if "change_id" in example]
+    dead_letters = [example for example in examples if "raw_b64" in example]
+
+    assert len(events) == 7
+    assert len(changes) == 1
+    assert len(dead_letters) == 1
+    assert [schema_errors("event", event) for event in events] == [[]] * len(events)
+    assert all(decoder_accepts(event) for event in events)
+    assert schema_errors("tag_change", changes[0]) == []
+    assert schema_errors("dead_letter", dead_letters[0]) == []

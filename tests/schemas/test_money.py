@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from tagger.errors import InvalidEvent
 from tagger.schemas.money import (
     CURRENCY_EXPONENTS,
     MAX_MINOR_UNITS,
@@ -12,8 +14,6 @@ from tagger.schemas.money import (
     format_money,
     parse_money,
 )
-
-from tagger.errors import InvalidEvent
 
 VALID = [
     ("1399.80", "CNY", 139980),

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from tagger.schemas.contract import load_schema
 from tagger.schemas.tag_change import (
     TagChange,

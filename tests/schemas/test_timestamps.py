@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from tagger.errors import InvalidEvent
 from tagger.schemas.timestamps import (
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
     format_timestamp,
     parse_timestamp,
 )
-
-from tagger.errors import InvalidEvent
 
 OCT_1_2019 = 1_569_888_000_000  # 2019-10-01T00:00:00Z
 

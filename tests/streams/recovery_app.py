@@ -14,8 +14,7 @@ from typing import Any
 
 import orjson
 
-from tagger.streams.faust_app import TaggerApp
-from tagger.streams.faust_app import TaggerWorker
+from tagger.streams.faust_app import TaggerApp, TaggerWorker
 
 
 def main() -> None:
@@ -37,7 +36,11 @@ def main() -> None:
     )
     tables = {
         name: app.Table(
-            name, default=None, partitions=2, key_type=bytes, value_type=bytes,
+            name,
+            default=None,
+            partitions=2,
+            key_type=bytes,
+            value_type=bytes,
             use_partitioner=True,
         )
         for name in ("one", "many")
@@ -54,8 +57,12 @@ def main() -> None:
     if mode == "fill":
         for name, take in (("one", 100_000), ("many", 7)):
             topic = app.topic(
-                f"{app_id}-{name}-in", key_type=bytes, value_type=bytes,
-                key_serializer="raw", value_serializer="raw", partitions=2,
+                f"{app_id}-{name}-in",
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=2,
             )
             table = tables[name]
 
@@ -68,6 +75,7 @@ def main() -> None:
 
             app.agent(topic, name=f"{app_id}-{name}-count")(count)
     else:
+
         async def on_recovered() -> None:
             write_dump()
 

@@ -16,6 +16,7 @@ from typing import IO
 import pytest
 import redis
 from kafka.admin import KafkaAdminClient
+
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration

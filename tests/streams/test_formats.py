@@ -9,6 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
+from tagger.errors import ConfigError
 from tagger.schemas.reasons import DEAD_LETTER_REASONS
 from tagger.streams.formats import (
     INVALID_JSON,
@@ -20,8 +22,6 @@ from tagger.streams.formats import (
     detect_format,
     read_items,
 )
-
-from tagger.errors import ConfigError
 
 REES46_HEADER = (
     "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"

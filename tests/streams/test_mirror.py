@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from structlog.testing import capture_logs
+
 from tagger.streams.config import Settings
 from tagger.streams.embedded import EmbeddedRedis
 from tagger.streams.mirror import (

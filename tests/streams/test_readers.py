@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 from kafka import KafkaProducer
+
+from tagger.errors import MirrorError
 from tagger.streams.config import Settings
 from tagger.streams.embedded import free_port
 from tagger.streams.mirror import write_rulebook
@@ -25,8 +27,6 @@ from tagger.streams.readers import (
     tail_changes,
 )
 from tagger.streams.topics import TopicError, create_topics
-
-from tagger.errors import MirrorError
 
 RULEBOOK = {
     "dormant": {"group": "lifecycle", "zh": "沉睡客户", "en": "Dormant"},

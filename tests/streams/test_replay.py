@@ -12,6 +12,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+
 from tagger.streams.config import Settings
 from tagger.streams.partitioning import partition_for
 from tagger.streams.replay import ReplayError, replay_events, replay_file

@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 from reference import Tags, reference_events
-from tagger.schemas.decode import decode_event
-from tagger.streams.simulator import DEFAULT_START_MS, PERSONAS, persona_of, simulate
 
 from tagger.errors import InvalidEvent
+from tagger.schemas.decode import decode_event
+from tagger.streams.simulator import DEFAULT_START_MS, PERSONAS, persona_of, simulate
 
 HOUR = 3_600_000
 DEFAULT_TAGS = (

@@ -26,8 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from tagger.streams.embedded import free_port
-from tagger.streams.end_offsets import needs_probe, probe_end_offsets
-from tagger.streams.end_offsets import broker_cluster_id
+from tagger.streams.end_offsets import broker_cluster_id, needs_probe, probe_end_offsets
 
 _APP = Path(__file__).with_name("recovery_app.py")
 _KEYS = 37
@@ -38,7 +37,9 @@ _FILL_TIMEOUT_S = 60.0
 _DUMP_TIMEOUT_S = 60.0
 
 
-def _start(bootstrap: str, app_id: str, mode: str, probe: str, dump: Path) -> subprocess.Popen[bytes]:
+def _start(
+    bootstrap: str, app_id: str, mode: str, probe: str, dump: Path
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, str(_APP), bootstrap, app_id, mode, probe, str(dump), str(free_port())],
         stdout=subprocess.PIPE,
@@ -60,7 +61,9 @@ def _wait_for_dump(
             if done(content):
                 return content
         time.sleep(0.2)
-    raise AssertionError(f"no complete dump within {timeout_s} s; last: {dump.read_bytes()[:300]!r}")
+    raise AssertionError(
+        f"no complete dump within {timeout_s} s; last: {dump.read_bytes()[:300]!r}"
+    )
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -73,7 +76,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def filled(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, dict[str, int]]]]:
+def filled(
+    kafka_bootstrap: str, namespace: str, tmp_path: Path
+) -> Iterator[tuple[str, dict[str, dict[str, int]]]]:
     """Fill both tables, stop the worker, and return the app id and the tables as counted."""
     app_id = f"{namespace}-recovery"
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -93,7 +98,9 @@ def filled(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Iterator[tup
             process,
             dump,
             _FILL_TIMEOUT_S,
-            lambda content: all(sum(content.get(n, {}).values()) == _RECORDS for n in ("one", "many")),
+            lambda content: all(
+                sum(content.get(n, {}).values()) == _RECORDS for n in ("one", "many")
+            ),
         )
     finally:
         _stop(process)

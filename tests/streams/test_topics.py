@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from kafka.admin import KafkaAdminClient
+
+from tagger.errors import ConfigError
 from tagger.streams.config import Settings
 from tagger.streams.topics import (
     DEDUP_WINDOW_MS,
@@ -14,8 +16,6 @@ from tagger.streams.topics import (
     describe_partitions,
     expected_topics,
 )
-
-from tagger.errors import ConfigError
 
 
 def test_create_makes_every_topic(settings: Settings) -> None:

@@ -1,0 +1,104 @@
+"""Redelivery changes nothing: a repeated event_id, and input re-consumed after kill -9."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import orjson
+from kafka.admin import KafkaAdminClient
+
+from tagger.streams.config import Settings
+from tagger.streams.replay import replay_events
+from tagger.streams.simulator import simulate
+from tagger.streams.worker_process import WorkerProcess, caught_up_to
+from tests.e2e.conftest import CATCH_UP_TIMEOUT_S
+from tests.e2e.events import purchase
+from tests.e2e.helpers import fold_changes, mirror_members, mirror_tags, read_topic, tag_changes
+from tests.reference import reference_events
+
+_BASE = 1_709_251_200_000
+# A dead member leaves the group after the session timeout (6 s in tests);
+# deleting the group is retried for about three times that.
+_GROUP_DELETE_TIMEOUT_S = 20.0
+
+
+def _wait_caught_up(worker: WorkerProcess, settings: Settings, end_clock: int | None) -> None:
+    worker.wait_for(
+        lambda status: caught_up_to(status, end_clock=end_clock, partitions=settings.partitions),
+        timeout_s=CATCH_UP_TIMEOUT_S,
+        what="caught up",
+    )
+
+
+def test_repeated_event_id_changes_nothing(
+    replay_settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker(replay_settings)
+    first = purchase("shopper", _BASE, "600.00", event_id="order-1")
+    report = replay_events([first], replay_settings, end_clock=_BASE + 1, progress=False)
+    _wait_caught_up(worker, replay_settings, report.end_clock)
+    before = tag_changes(replay_settings)
+
+    # The same event again, as a producer retry would send it, then a clock
+    # message so the test knows when the worker has read past it.
+    report = replay_events([first], replay_settings, end_clock=_BASE + 2, progress=False)
+    _wait_caught_up(worker, replay_settings, report.end_clock)
+
+    after = tag_changes(replay_settings)
+    assert after == before
+    # 600.00 twice would be 1,200.00 and make the customer medium_value.
+    assert mirror_tags(replay_settings)["shopper"]["low_value"] == _BASE
+    assert "medium_value" not in mirror_tags(replay_settings)["shopper"]
+
+
+def _delete_group(settings: Settings) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    deadline = time.monotonic() + _GROUP_DELETE_TIMEOUT_S
+    try:
+        while True:
+            try:
+                admin.delete_groups([settings.app_id])
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+    finally:
+        admin.close()
+
+
+def test_reconsumed_input_after_kill_changes_nothing(
+    replay_settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    events = simulate(seed=11, customers=60, currency="CNY")
+    worker = start_worker(replay_settings)
+    report = replay_events(events, replay_settings, end_clock="auto", progress=False)
+    _wait_caught_up(worker, replay_settings, report.end_clock)
+    first_run = read_topic(replay_settings, replay_settings.tag_change_topic)
+    mirror_before = mirror_tags(replay_settings)
+
+    worker.kill()
+    # Without committed offsets the restarted worker consumes every input
+    # record again, as after a crash before any commit.
+    _delete_group(replay_settings)
+    restarted = start_worker(replay_settings)
+    _wait_caught_up(restarted, replay_settings, report.end_clock)
+
+    second_run = read_topic(replay_settings, replay_settings.tag_change_topic)
+    payloads: dict[str, set[bytes]] = defaultdict(set)
+    for _, value in second_run:
+        change_id = tag_changes_id(value)
+        payloads[change_id].add(value)
+    assert {tag_changes_id(value) for _, value in first_run} == set(payloads)
+    assert all(len(values) == 1 for values in payloads.values())
+    assert mirror_tags(replay_settings) == mirror_before
+    expected = {c: t for c, t in reference_events(events, report.end_clock).items() if t}
+    assert fold_changes(tag_changes(replay_settings)) == expected
+    assert mirror_members(replay_settings) == expected
+
+
+def tag_changes_id(value: bytes) -> str:
+    change_id: str = orjson.loads(value)["change_id"]
+    return change_id
