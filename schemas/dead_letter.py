@@ -80,7 +80,7 @@ def dead_letter_record(
     raw_b64 = raw_sha256 = raw_size = None
     if raw is not None:
         truncated = truncated or len(raw) > MAX_RAW_BYTES
-        raw_b64 = base64.b64encode(raw).decode("ascii")
+        raw_b64 = base64.b64encode(raw[:MAX_RAW_BYTES]).decode("ascii")
         raw_sha256 = hashlib.sha256(raw).hexdigest()
         raw_size = len(raw)
 
