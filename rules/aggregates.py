@@ -24,11 +24,11 @@ __all__ = [
     "window_entries",
 ]
 
-# Bounds that keep one customer's encoded state under about 10 KB, however
-# many events arrive.
-# A series past MAX_SERIES_ENTRIES merges the two adjacent entries closest in
-# time, so a merge delays an event's expiry by at most the smallest gap, which
-# is under window / 127 once 128 entries share a window.
+# Bounds on one customer's state, whatever the number of events: under the
+# default rulebook it stays under 10 KB encoded. A series past
+# MAX_SERIES_ENTRIES merges the two adjacent entries closest in time. That
+# delays one event's exit from windows by the gap between them, which is at
+# most window / 128 when all entries lie in one window.
 MAX_SERIES_ENTRIES: Final = 128
 # Parameter values tracked per `per` field; browsing_interest keeps 5 of them.
 MAX_PER_VALUES: Final = 64
@@ -38,7 +38,7 @@ SPEND_KEY: Final = "spend"
 
 @dataclass(frozen=True)
 class ScopePlan:
-    """What one kind of scope must keep: series with their longest window, counts, last times."""
+    """The aggregates one kind of scope keeps: windowed series, counts and last-seen times."""
 
     windows: dict[str, int] = field(default_factory=dict)
     counts: frozenset[str] = frozenset()
@@ -47,7 +47,7 @@ class ScopePlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a rulebook reads, so the state keeps that and nothing more."""
+    """The aggregates a rulebook reads; the state keeps these and nothing more."""
 
     totals: ScopePlan
     per: dict[str, ScopePlan]
@@ -84,12 +84,12 @@ def fold_event(
     plan: Plan,
     *,
     horizon: int,
-    held: Mapping[str, Set[str]],
+    held_values: Mapping[str, Set[str]],
 ) -> None:
     """Add one event to the aggregates that `plan` keeps.
 
     `horizon` is the evaluation time: an entry already outside every window
-    at that time is not stored. `held` maps a `per` field to the parameter
+    at that time is not stored. `held_values` maps a `per` field to the parameter
     values whose tags the customer holds, which eviction spares.
     """
     _fold_scope(state.totals, event, plan.totals, horizon)
@@ -101,7 +101,7 @@ def fold_event(
         scopes = state.per.setdefault(name, {})
         scope = scopes.get(value)
         if scope is None:
-            scope = _new_scope(scopes, held.get(name, frozenset()))
+            scope = _new_scope(scopes, held_values.get(name, frozenset()))
             scopes[value] = scope
         _fold_scope(scope, event, scope_plan, horizon)
 

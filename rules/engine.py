@@ -25,9 +25,9 @@ __all__ = [
     "Position",
 ]
 
-# The dedup memory holds the last DEDUP_MAX_EVENTS event ids applied, and none
-# older than DEDUP_MAX_AGE_MS of wall time, whichever leaves fewer: enough to
-# catch a producer's retry, small enough to keep the state a few KB.
+# The dedup memory contains the last DEDUP_MAX_EVENTS event ids applied, and
+# none recorded more than DEDUP_MAX_AGE_MS of wall time ago, whichever leaves
+# fewer. That catches a producer's retry and keeps the memory near 1 KB.
 DEDUP_MAX_EVENTS: Final = 64
 DEDUP_MAX_AGE_MS: Final = 10 * 60 * 1000
 MAX_MANUAL_TAGS: Final = 64
@@ -35,7 +35,7 @@ MAX_MANUAL_TAGS: Final = 64
 
 @dataclass(frozen=True)
 class Position:
-    """Where an input record was read: its topic, partition and offset."""
+    """The topic, partition and offset an input record was read from."""
 
     topic: str
     partition: int
@@ -44,10 +44,10 @@ class Position:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What applying one event decided.
+    """The result of applying one event.
 
     `changes` are the tag changes to publish, in order. `duplicate` is True
-    when the event was applied before, by position or by event id; `late` is
+    when the event was applied before, by position or by event id. `late` is
     True when an applied event's time is before the watermark.
     """
 
@@ -57,7 +57,7 @@ class Outcome:
 
 
 class Engine:
-    """Decides one rulebook's tag changes; holds no per-customer data and does no I/O."""
+    """Decides one rulebook's tag changes. It keeps no per-customer data and does no I/O."""
 
     def __init__(self, rulebook: Rulebook) -> None:
         self.rulebook = rulebook
@@ -126,7 +126,7 @@ class Engine:
         changes.extend(self._fire_due(state, watermark, now))
 
         time = max(state.clock, clock)
-        fold_event(state, event, self._plan, horizon=time, held=self._held_params(state))
+        fold_event(state, event, self._plan, horizon=time, held_values=self._held_params(state))
         _forget_results(state, event)
         manual = self._manual_tags(state, event)
         at = min(max(event.ts, watermark), time)
@@ -182,15 +182,15 @@ class Engine:
         prune(state, self._plan, time)
         desired = self._desired(state, time)
         held_manual = {tag: since for tag, since in state.tags.items() if _is_manual(tag)}
-        wanted_manual = held_manual if manual is None else manual
+        manual_after = held_manual if manual is None else manual
 
         removed = [
             tag
             for tag in state.tags
-            if (tag not in wanted_manual if _is_manual(tag) else tag not in desired)
+            if (tag not in manual_after if _is_manual(tag) else tag not in desired)
         ]
         added = [tag for tag in desired if tag not in state.tags]
-        added += [tag for tag in wanted_manual if tag not in state.tags]
+        added += [tag for tag in manual_after if tag not in state.tags]
         removed.sort(key=self._tag_order)
         added.sort(key=self._tag_order)
 
@@ -364,7 +364,7 @@ class Engine:
         return held
 
     def _context(self, state: CustomerState, scope: Scope, time: int) -> Context:
-        return Context(state, scope, time, self.rulebook.currency_exponent)
+        return Context(state, scope, time, self.rulebook.currency, self.rulebook.currency_exponent)
 
     def _tag_order(self, tag: str) -> tuple[int, str]:
         if _is_manual(tag):

@@ -20,8 +20,8 @@ from tagger.rules.expression import (
     Sum,
     walk,
 )
-from tagger.rules.money import format_money, to_decimal
 from tagger.rules.state import CustomerState, Scope
+from tagger.schemas.money import format_money
 
 __all__ = [
     "Context",
@@ -47,11 +47,15 @@ _FLIPPED: Final[dict[ComparisonOperator, ComparisonOperator]] = {
 
 @dataclass(frozen=True)
 class Context:
-    """Where and when an expression is evaluated: `scope` is the customer's or one `per` value's."""
+    """The state, scope and time an expression is evaluated at.
+
+    `scope` is the customer's own or that of one `per` value.
+    """
 
     state: CustomerState
     scope: Scope
     time: int
+    currency: str
     exponent: int
 
 
@@ -86,7 +90,7 @@ def reason_values(nodes: Iterable[Node], context: Context) -> dict[str, Any]:
             if not isinstance(node, Metric) or node.text in values:
                 continue
             if node.kind == "net_spend":
-                values[node.text] = format_money(_net_spend_minor(node, context), context.exponent)
+                values[node.text] = format_money(_net_spend_minor(node, context), context.currency)
             else:
                 values[node.text] = _metric_value(node, context)
     return values
@@ -96,9 +100,9 @@ def reason_values(nodes: Iterable[Node], context: Context) -> dict[str, Any]:
 class Timers:
     """The parts of expressions whose value changes with time alone, without new events.
 
-    `windows` holds distinct (series key, window ms) pairs; `durations` holds
-    duration comparisons as (metric, operator, literal ms) with the metric on
-    the left.
+    `windows` contains distinct (series key, window ms) pairs. `durations`
+    contains duration comparisons as (metric, operator, literal ms), with the
+    metric on the left.
     """
 
     windows: tuple[tuple[str, int], ...]
@@ -128,8 +132,9 @@ def next_change(timers: Timers, context: Context) -> int | None:
     """Return the earliest instant after `context.time` at which a timed part can change value.
 
     With no new event, a windowed metric changes only when an entry enters
-    its window (at the entry's time) or leaves it (at time + window), and a
-    duration compared with a literal D only at reference + D or one ms later.
+    its window (at the entry's time) or leaves it (at time + window). A
+    duration compared with a literal D changes only at reference + D or 1 ms
+    later.
     """
     best: int | None = None
     for key, window in timers.windows:
@@ -157,7 +162,8 @@ def _metric_value(metric: Metric, context: Context) -> Value:
         )
         return sum(value for _, value in entries)
     if metric.kind == "net_spend":
-        return to_decimal(_net_spend_minor(metric, context), context.exponent)
+        # Exact: a Decimal scaled by a power of ten, never a float.
+        return Decimal(_net_spend_minor(metric, context)).scaleb(-context.exponent)
     if metric.kind == "attribute":
         entry = context.state.attributes.get(metric.key)
         return entry[0] if entry is not None else None

@@ -94,7 +94,7 @@ class Metric:
     """A checked metric reference, which the type checker puts in place of a `Call`.
 
     `key` is the event type (or `activity`) counted, `spend` for net spend,
-    or the attribute name; `window` is in ms; `text` is the call as written,
+    or the attribute name. `window` is in ms. `text` is the call as written,
     which names the value in a tag change's reason.
     """
 

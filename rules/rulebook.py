@@ -15,9 +15,9 @@ from yaml.nodes import ScalarNode
 
 from tagger.errors import RulebookError
 from tagger.rules.expression import ExpressionError, Node, parse_duration, parse_expression
-from tagger.rules.money import currency_exponent
 from tagger.rules.typecheck import PER_FIELDS, check_condition, check_rank
 from tagger.rules.yaml_source import Source, suggest
+from tagger.schemas.money import CURRENCY_EXPONENTS
 
 __all__ = [
     "MANUAL_GROUP",
@@ -44,7 +44,7 @@ _DEFAULT_FILE: Final = "default.yaml"
 
 @dataclass(frozen=True)
 class Group:
-    """A named set of rules; in an exclusive group a customer holds at most one of its tags."""
+    """A named set of rules. In an exclusive group a customer has at most one of its tags."""
 
     id: str
     exclusive: bool
@@ -173,7 +173,7 @@ def _parse(text: str, *, file: str, digest: str) -> Rulebook:
 
     currency_node = top["currency"][1]
     currency = source.string(currency_node, "currency")
-    exponent = currency_exponent(currency)
+    exponent = CURRENCY_EXPONENTS.get(currency)
     if exponent is None:
         source.fail(
             currency_node,

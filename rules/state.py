@@ -27,7 +27,7 @@ STATE_VERSION: Final = 1
 class ScopeCache:
     """Results of a scope's `per` rules at `time`, valid until `due` or the scope's next event.
 
-    `matches` maps the id of each rule whose condition holds to its
+    `matches` maps the id of each rule whose condition is true to its
     (rank, time of the newest counted event). Kept in memory only: it is not
     encoded, and a decoded state recomputes it.
     """
@@ -42,9 +42,9 @@ class Scope:
     """Aggregates of one customer's events, or of those with one value of a `per` field.
 
     `series` maps a series key (an event type, `activity` or `spend`) to
-    `[time_ms, value]` entries in ascending time; `counts` and `last` hold
-    lifetime counts and last-seen times by event type; `newest` is the time of
-    the newest event folded in.
+    `[time_ms, value]` entries in ascending time. `counts` and `last` map an
+    event type to its lifetime count and last-seen time. `newest` is the time
+    of the newest event folded in.
     """
 
     series: dict[str, list[list[int]]] = field(default_factory=dict)
@@ -56,7 +56,7 @@ class Scope:
 
 @dataclass
 class CustomerState:
-    """Everything the engine knows about one customer. Times are epoch ms, UTC.
+    """Everything the engine keeps about one customer. Times are epoch ms, UTC.
 
     The worker owns `mirrored_seq` and `pseq`; the engine owns the rest.
     """

@@ -11,7 +11,7 @@ from typing import Any, Final, TypedDict
 import orjson
 
 from .contract import schema_errors
-from .reasons import DEAD_LETTER_REASONS, REASONS, REPLAY_REASONS
+from .reasons import DEAD_LETTER_REASONS, REASONS, REPLAY_REASONS, WORKER_REASONS
 
 __all__ = [
     "DEAD_LETTER_REASONS",
@@ -20,6 +20,7 @@ __all__ = [
     "MAX_RAW_BYTES",
     "REASONS",
     "REPLAY_REASONS",
+    "WORKER_REASONS",
     "DeadLetter",
     "dead_letter_raw",
     "dead_letter_record",

@@ -6,7 +6,13 @@ from typing import Final
 
 import orjson
 
-__all__ = ["DEAD_LETTER_REASONS", "REASONS", "REPLAY_REASONS", "show_value"]
+__all__ = [
+    "DEAD_LETTER_REASONS",
+    "REASONS",
+    "REPLAY_REASONS",
+    "WORKER_REASONS",
+    "show_value",
+]
 
 # Maximum length of the excerpt of an offending value in an error detail.
 MAX_SHOWN_CHARS: Final = 100
@@ -37,8 +43,16 @@ REPLAY_REASONS: Final[tuple[str, ...]] = (
     "unconvertible_row",
 )
 
+# Reasons the worker adds for valid-looking records it still cannot apply:
+# a record on the repartition topic in the wrong partition (its partition
+# count differs from the tables'), and an unexpected error while applying it.
+WORKER_REASONS: Final[tuple[str, ...]] = (
+    "misrouted",
+    "processing_error",
+)
+
 # Every reason a dead-letter record may carry. dead_letter.json lists the same values.
-DEAD_LETTER_REASONS: Final[tuple[str, ...]] = REASONS + REPLAY_REASONS
+DEAD_LETTER_REASONS: Final[tuple[str, ...]] = REASONS + REPLAY_REASONS + WORKER_REASONS
 
 
 def show_value(value: object) -> str:

@@ -293,13 +293,28 @@ class Processor:
         ps.last_event_monotonic = time.monotonic()
 
         state = self._load(p, key, event.customer_id, work)
-        outcome = self.engine.apply(
-            state,
-            event,
-            position=Position(record.topic, p, record.offset),
-            clock=ps.clock,
-            now=wall,
-        )
+        try:
+            outcome = self.engine.apply(
+                state,
+                event,
+                position=Position(record.topic, p, record.offset),
+                clock=ps.clock,
+                now=wall,
+            )
+        except Exception as exc:
+            # A bug must not stop the partition. NOTE: the engine may have
+            # changed part of the state before it raised; that part is kept.
+            self.metrics.errors.labels("apply").inc()
+            log.exception(
+                "event could not be applied",
+                topic=record.topic,
+                partition=p,
+                offset=record.offset,
+                customer_id=event.customer_id,
+                event_id=event.event_id,
+            )
+            self._dead_letter(record, "processing_error", repr(exc), work)
+            return
         if outcome.duplicate:
             self.metrics.duplicate_events.inc()
         else:
@@ -340,13 +355,23 @@ class Processor:
             if not due_keys:
                 break
             for key in due_keys:
-                raw_state = work.states.get(p, {}).get(key)
-                if raw_state is None:
+                state = work.states.get(p, {}).get(key)
+                if state is None:
                     raw = self.customers.get(key)
                     if raw is None:
                         continue
-                    raw_state = self._load(p, key, decode_state(raw).customer_id, work)
-                changes = self.engine.advance(raw_state, watermark=watermark, now=wall)
+                    state = self._load(p, key, decode_state(raw).customer_id, work)
+                try:
+                    changes = self.engine.advance(state, watermark=watermark, now=wall)
+                except Exception:
+                    self.metrics.errors.labels("advance").inc()
+                    log.exception(
+                        "due changes could not be evaluated",
+                        partition=p,
+                        customer_id=state.customer_id,
+                        watermark=watermark,
+                    )
+                    continue
                 if changes:
                     work.changes.extend(changes)
                     work.changed.add(key)

@@ -27,7 +27,7 @@ def _state(**attributes: str | int | bool | None) -> CustomerState:
 
 def _holds(when: str, state: CustomerState) -> bool:
     checked = check_condition(parse_expression(when), when, per=None)
-    value = evaluate(checked, Context(state, state.totals, TIME, 2))
+    value = evaluate(checked, Context(state, state.totals, TIME, "CNY", 2))
     assert isinstance(value, bool)
     return value
 

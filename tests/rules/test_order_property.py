@@ -1,4 +1,4 @@
-"""Arrival order does not change a customer's final tags where the language says it should not."""
+"""Arrival order leaves a customer's final tags unchanged where the rule language promises it."""
 
 from __future__ import annotations
 

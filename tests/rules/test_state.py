@@ -8,8 +8,8 @@ from rule_helpers import DAY, MINUTE, T0, Customer
 from tagger.rules.aggregates import MAX_CART_ITEMS, MAX_PER_VALUES, MAX_SERIES_ENTRIES
 from tagger.rules.state import STATE_VERSION, CustomerState, decode_state, encode_state
 
-# Upper bound for one customer's encoded state after a flood of events; the
-# scenario below measures 8,954 bytes, mostly customer-wide series (3.8 KB)
+# Upper bound for one customer's encoded state after a flood of events. The
+# scenario below measured 8,954 bytes, mostly customer-wide series (3.8 KB)
 # and the series of 64 tracked categories (3.0 KB).
 MAX_ENCODED_BYTES = 10_000
 

@@ -17,6 +17,7 @@ from tagger.schemas.dead_letter import (
     MAX_RAW_BYTES,
     REASONS,
     REPLAY_REASONS,
+    WORKER_REASONS,
     dead_letter_raw,
     dead_letter_record,
     decode_dead_letter,
@@ -119,7 +120,7 @@ def test_every_reason_accepted(reason: str) -> None:
 
 
 def test_reason_lists() -> None:
-    assert DEAD_LETTER_REASONS == REASONS + REPLAY_REASONS
+    assert DEAD_LETTER_REASONS == REASONS + REPLAY_REASONS + WORKER_REASONS
     assert len(set(DEAD_LETTER_REASONS)) == len(DEAD_LETTER_REASONS)
     assert {"wrong_field_count", "unconvertible_row"} <= set(REPLAY_REASONS)
 
