@@ -188,7 +188,7 @@ def topics() -> None:
 def topics_create(**options: Any) -> None:
     """Create the input, repartition, tag-change and dead-letter topics where missing."""
     settings = _settings(**options)
-    configure_logging(settings.log_level or "warning")
+    configure_logging("warning", quiet_kafka=True)
     from tagger.streams.topics import create_topics
 
     created = create_topics(settings)
@@ -200,7 +200,7 @@ def topics_create(**options: Any) -> None:
 def topics_check(**options: Any) -> None:
     """Report missing topics and partition counts that do not match; exit 1 on any problem."""
     settings = _settings(**options)
-    configure_logging(settings.log_level or "warning")
+    configure_logging("warning", quiet_kafka=True)
     from tagger.streams.topics import check_topics
 
     problems = check_topics(settings)
@@ -278,7 +278,7 @@ def replay(
 ) -> None:
     """Send a file of REES46, UCI Online Retail or JSONL events to the input topic."""
     settings = _settings(**options)
-    configure_logging(settings.log_level or "warning")
+    configure_logging("warning", quiet_kafka=True)
     from tagger.rules.rulebook import load_rulebook
     from tagger.streams.replay import replay_file
 
@@ -320,7 +320,7 @@ def _iso(epoch_ms: int | None) -> str:
 def tags(customer: str, as_json: bool, **options: Any) -> None:
     """Show a customer's current tags, with since and labels, from Redis."""
     settings = _settings(**options)
-    configure_logging(settings.log_level or "warning")
+    configure_logging("warning", quiet_kafka=True)
     from tagger.streams.readers import customer_tags
 
     views = customer_tags(settings, customer)
@@ -345,7 +345,7 @@ def tags(customer: str, as_json: bool, **options: Any) -> None:
 def members(tag: str, offset: int, limit: int, **options: Any) -> None:
     """List the customers holding TAG, newest first, a page at a time."""
     settings = _settings(**options)
-    configure_logging(settings.log_level or "warning")
+    configure_logging("warning", quiet_kafka=True)
     from tagger.streams.readers import tag_members
 
     page = tag_members(settings, tag, offset=offset, limit=limit)
@@ -369,7 +369,7 @@ def tail(
 ) -> None:
     """Follow tag-change events as JSON lines, from now on or from the beginning."""
     settings = _settings(**options)
-    configure_logging(settings.log_level or "warning")
+    configure_logging("warning", quiet_kafka=True)
     from tagger.streams.readers import tail_changes
 
     try:
@@ -452,7 +452,7 @@ def rules_check(file: str) -> None:
 )
 def demo(**options: Any) -> None:
     """Run the whole path on an embedded broker and Redis and print a summary."""
-    configure_logging("warning")
+    configure_logging("warning", quiet_kafka=True)
     from tagger.streams.demo import run_demo
 
     sys.exit(run_demo(console=console, **options))

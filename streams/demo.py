@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 # The demo runs on a small machine next to its own broker and Redis.
 _DEMO_PARTITIONS = 4
 _EXAMPLES = 6
+# Parameterised tags (one per category) are folded into one row per rule,
+# with this many of the most held values listed under the table.
+_TOP_VALUES = 5
 # A group forms in about half the session timeout on the embedded broker.
 _SESSION_TIMEOUT_S = 6.0
 
@@ -207,11 +210,26 @@ def summarise(settings: Settings, rulebook: Rulebook) -> dict[str, Any]:
     prefix = settings.redis_prefix
     try:
         counts: dict[str, int] = {}
+        holders: dict[str, set[str]] = {}
         for key in client.scan_iter(match=f"{prefix}tag:*", count=1000):
-            counts[key[len(prefix) + len("tag:") :]] = int(client.zcard(key))
+            tag = key[len(prefix) + len("tag:") :]
+            counts[tag] = int(client.zcard(key))
+            if ":" in tag:
+                rule_id = tag.split(":", 1)[0]
+                tag_members = [str(member) for member in client.zrange(key, 0, -1)]
+                holders.setdefault(rule_id, set()).update(tag_members)
         customers = sum(1 for _ in client.scan_iter(match=f"{prefix}customer:*", count=1000))
     finally:
         client.close()
+    parameterised = []
+    for rule_id, members in sorted(holders.items()):
+        values = {
+            tag.split(":", 1)[1]: n for tag, n in counts.items() if tag.startswith(f"{rule_id}:")
+        }
+        top = sorted(values.items(), key=lambda item: (-item[1], item[0]))[:_TOP_VALUES]
+        parameterised.append(
+            {"rule": rule_id, "customers": len(members), "values": len(values), "top": top}
+        )
     tags = []
     for tag in sorted(counts, key=lambda t: (_rule_order(rulebook, t), t)):
         labels = rulebook.labels_for(tag)
@@ -227,6 +245,7 @@ def summarise(settings: Settings, rulebook: Rulebook) -> dict[str, Any]:
     return {
         "customers_with_tags": customers,
         "tags": tags,
+        "parameterised": parameterised,
         "examples": _example_changes(settings),
         "redis_prefix": prefix,
         "redis_url": _mask(settings.redis_url),
@@ -270,9 +289,30 @@ def _print_summary(console: Console, settings: Settings, summary: dict[str, Any]
     )
     for column in ("tag", "group", "中文", "English", "customers"):
         table.add_column(column, justify="right" if column == "customers" else "left")
+    folded = {entry["rule"]: entry for entry in summary["parameterised"]}
+    shown: set[str] = set()
     for row in summary["tags"]:
-        table.add_row(row["tag"], row["group"] or "", row["zh"], row["en"], str(row["customers"]))
+        rule_id = row["tag"].split(":", 1)[0]
+        if rule_id not in folded:
+            table.add_row(
+                row["tag"], row["group"] or "", row["zh"], row["en"], str(row["customers"])
+            )
+        elif rule_id not in shown:
+            shown.add(rule_id)
+            value = row["tag"].split(":", 1)[1]
+            table.add_row(
+                f"{rule_id}:*",
+                row["group"] or "",
+                row["zh"].replace(value, "*"),
+                row["en"].replace(value, "*"),
+                str(folded[rule_id]["customers"]),
+            )
     console.print(table)
+    for entry in summary["parameterised"]:
+        top = ", ".join(f"{value} ({n})" for value, n in entry["top"])
+        console.print(
+            f"{entry['rule']}: {entry['values']} values; most held: {top}", highlight=False
+        )
 
     console.print("example tag changes (customer, tag, at, reason):")
     for change in summary["examples"]:

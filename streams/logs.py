@@ -14,7 +14,9 @@ __all__ = ["configure_logging", "quiet_libraries"]
 _NOISY_LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "aiohttp", "asyncio")
 
 
-def configure_logging(level: str = "info", *, json: bool = False) -> None:
+def configure_logging(
+    level: str = "info", *, json: bool = False, quiet_kafka: bool = False
+) -> None:
     """Configure structlog and the root logger once, from the CLI entry point."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -40,6 +42,10 @@ def configure_logging(level: str = "info", *, json: bool = False) -> None:
         level=numeric, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     quiet_libraries(numeric)
+    if quiet_kafka:
+        # kafka-python logs each refused connection while a broker starts and
+        # each slow poll; CLI commands report their own failures instead.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 def quiet_libraries(level: int) -> None:

@@ -147,9 +147,15 @@ class Processor:
         for p in partitions:
             if self.assigned.pop(p, None) is None:
                 continue
-            # The partition may never have had a clock value exported.
+            # Gauges of a partition another worker now owns would go stale; a
+            # partition may never have had a value exported, hence KeyError.
             with contextlib.suppress(KeyError):
                 self.metrics.partition_clock_ms.remove(str(p))
+            with contextlib.suppress(KeyError):
+                self.metrics.partition_caught_up.remove(str(p))
+            for topic in (*self.settings.input_topics, self.settings.repartition_topic):
+                with contextlib.suppress(KeyError):
+                    self.metrics.partition_lag.remove(topic, str(p))
             log.info("partition revoked", partition=p)
 
     async def _build_indexes(self, partitions: set[int]) -> None:
@@ -355,12 +361,9 @@ class Processor:
             if not due_keys:
                 break
             for key in due_keys:
-                state = work.states.get(p, {}).get(key)
-                if state is None:
-                    raw = self.customers.get(key)
-                    if raw is None:
-                        continue
-                    state = self._load(p, key, decode_state(raw).customer_id, work)
+                # Table keys are customer ids in UTF-8: the index holds only
+                # customers that have a stored or in-batch state.
+                state = self._load(p, key, key.decode(), work)
                 try:
                     changes = self.engine.advance(state, watermark=watermark, now=wall)
                 except Exception:

@@ -28,6 +28,7 @@ import yaml
 from faust.sensors.prometheus import FaustMetrics
 from prometheus_client import CollectorRegistry
 
+from tagger.errors import ConfigError
 from tagger.streams.config import Settings
 from tagger.streams.metrics import TaggerMetrics
 
@@ -140,6 +141,14 @@ def test_tagger_env_names_are_settings(tagger_services: dict[str, dict[str, Any]
         unknown = set(_environment(spec)) - allowed
 
         assert not unknown, f"service {name} sets env vars no setting reads: {sorted(unknown)}"
+
+
+def test_tagger_env_values_valid(tagger_services: dict[str, dict[str, Any]]) -> None:
+    for name, spec in tagger_services.items():
+        try:
+            Settings.from_env(_environment(spec))
+        except ConfigError as exc:
+            pytest.fail(f"service {name} has invalid settings: {exc}")
 
 
 def test_workers_share_app_id(tagger_services: dict[str, dict[str, Any]]) -> None:
