@@ -171,7 +171,7 @@ def _run(
         Path(summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
     if keep_running:
-        console.print("running until Ctrl-C; try the commands above in another terminal")
+        _print_try_commands(console, settings, summary)
         while True:
             time.sleep(1)
     return 0
@@ -335,6 +335,20 @@ def _print_summary(console: Console, settings: Settings, summary: dict[str, Any]
         highlight=False,
     )
     console.print(f"  HGETALL {prefix}rulebook              labels in zh and en", highlight=False)
+
+
+def _print_try_commands(console: Console, settings: Settings, summary: dict[str, Any]) -> None:
+    example = summary["examples"][0]["customer_id"] if summary["examples"] else "<customer_id>"
+    env = (
+        f"export KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
+        f"REDIS_URL={settings.redis_url} TAGGER_REDIS_PREFIX={settings.redis_prefix} "
+        f"TAGGER_TAG_CHANGE_TOPIC={settings.tag_change_topic}"
+    )
+    console.print("running until Ctrl-C; in another terminal, with the same virtualenv:")
+    console.print(f"  {env}", highlight=False, soft_wrap=True)
+    console.print(f"  tagger tags {example}", highlight=False)
+    console.print("  tagger members hesitant", highlight=False)
+    console.print("  tagger tail --from-beginning --max 5", highlight=False)
 
 
 def _iso(epoch_ms: int | None) -> str:

@@ -1,4 +1,4 @@
-"""Logging set-up: structlog key/value lines through the standard library's handlers."""
+"""Logging set-up: structlog key/value lines on stderr, beside the standard library's records."""
 
 from __future__ import annotations
 
