@@ -15,6 +15,7 @@ from tagger.streams.config import Settings
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.processor import InboundRecord, Processor
+from tagger.streams.rulebook_versions import VersionGate
 from tagger.streams.web import register_views
 
 __all__ = ["TaggerApp", "TaggerRuntime", "TaggerWorker", "build_app"]
@@ -37,6 +38,7 @@ class TaggerRuntime:
     registry: CollectorRegistry
     metrics: TaggerMetrics
     mirror: Any = None
+    gate: VersionGate | None = None
 
     def input_partitions(self, partition: int) -> list[TP]:
         """Return the input and repartition topic-partitions that feed one table partition."""
@@ -70,6 +72,7 @@ def build_app(
     *,
     probe_end_offsets: bool = False,
     mirror: Any = None,
+    gate: VersionGate | None = None,
 ) -> TaggerRuntime:
     """Create the Faust app with its topics, tables, agent, timer and views."""
     registry = CollectorRegistry()
@@ -152,6 +155,7 @@ def build_app(
         send=send,
         metrics=metrics,
         mirror_submit=None if mirror is None else mirror.submit,
+        gate=gate,
     )
     runtime = TaggerRuntime(
         app=app,
@@ -161,6 +165,7 @@ def build_app(
         registry=registry,
         metrics=metrics,
         mirror=mirror,
+        gate=gate,
     )
 
     @app.agent(source, name=f"{settings.app_id}.process")
@@ -211,6 +216,8 @@ def build_app(
             )
         if mirror is not None:
             metrics.mirror_pending.set(mirror.pending_count)
+        if gate is not None:
+            metrics.rulebook_active.set(1 if gate.is_open else 0)
         await processor.tick(runtime.caught_up)
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")

@@ -387,7 +387,7 @@ def tail(
 
 @cli.group()
 def rules() -> None:
-    """Check rulebooks."""
+    """Check, activate and inspect rulebooks."""
 
 
 @rules.command("check")
@@ -400,6 +400,52 @@ def rules_check(file: str) -> None:
     console.print(
         f"{file}: ok, version {rulebook.version}, {len(rulebook.rules)} rules, "
         f"currency {rulebook.currency}"
+    )
+
+
+@rules.command("activate")
+@_common_options
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def rules_activate(file: str, **options: Any) -> None:
+    """Make FILE the rulebook the worker group runs; workers on another version stop consuming."""
+    settings = _settings(**options)
+    configure_logging("warning", quiet_kafka=True)
+    from tagger.rules.rulebook import load_rulebook
+    from tagger.streams.rulebook_versions import Activation, activate, read_active, rulebook_text
+    from tagger.streams.topics import create_topics
+
+    rulebook = load_rulebook(Path(file))
+    create_topics(settings)
+    previous = read_active(settings)
+    if previous is not None and previous.version == rulebook.version:
+        console.print(f"version {rulebook.version} is already active for {settings.app_id}")
+        return
+    activate(settings, Activation.of(rulebook, rulebook_text(file), by="tagger rules activate"))
+    console.print(
+        f"activated version {rulebook.version} ({file}) for group {settings.app_id}"
+        + (f"; replaces {previous.version} ({previous.source})" if previous else "")
+    )
+    console.print(
+        "workers running this version consume and re-evaluate every customer; "
+        "workers on another version stop consuming until restarted with this file"
+    )
+
+
+@rules.command("status")
+@_common_options
+def rules_status(**options: Any) -> None:
+    """Show the rulebook version the worker group runs."""
+    settings = _settings(**options)
+    configure_logging("warning", quiet_kafka=True)
+    from tagger.streams.rulebook_versions import read_active
+
+    active = read_active(settings)
+    if active is None:
+        console.print(f"no rulebook version is recorded for group {settings.app_id}")
+        sys.exit(1)
+    console.print(
+        f"group {settings.app_id}: version {active.version} from {active.source}, "
+        f"activated {_iso(active.activated_at)} by {active.activated_by}"
     )
 
 

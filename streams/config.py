@@ -61,6 +61,11 @@ class Settings:
         """Internal topic for records that arrive on the wrong partition or with the wrong key."""
         return f"{self.app_id}-events-by-customer"
 
+    @property
+    def rulebook_topic(self) -> str:
+        """One-partition topic recording which rulebook version the group runs."""
+        return f"{self.app_id}-rulebook"
+
     def with_changes(self, **changes: Any) -> Settings:
         """Return a copy with some fields replaced, validated again."""
         return replace(self, **changes).validated()

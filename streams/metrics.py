@@ -36,6 +36,7 @@ class TaggerMetrics:
     partition_lag: Gauge
     partition_caught_up: Gauge
     due_index_size: Gauge
+    rulebook_active: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> TaggerMetrics:
@@ -124,6 +125,11 @@ class TaggerMetrics:
             due_index_size=Gauge(
                 "tagger_due_index_size",
                 "Customers with a pending time-driven change, over assigned partitions.",
+                registry=registry,
+            ),
+            rulebook_active=Gauge(
+                "tagger_rulebook_active",
+                "1 while this worker's rulebook version is the group's active one and it consumes.",
                 registry=registry,
             ),
         )

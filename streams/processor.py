@@ -42,6 +42,7 @@ from tagger.streams.clock import PartitionState, partition_record_key
 from tagger.streams.config import Settings
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.partitioning import partition_for
+from tagger.streams.rulebook_versions import VersionGate
 
 __all__ = ["InboundRecord", "Processor", "TableLike"]
 
@@ -104,6 +105,7 @@ class Processor:
         send: Sender,
         metrics: TaggerMetrics,
         mirror_submit: Callable[[str, int, dict[str, int]], None] | None = None,
+        gate: VersionGate | None = None,
     ) -> None:
         self.settings = settings
         self.rulebook = rulebook
@@ -113,6 +115,7 @@ class Processor:
         self.send = send
         self.metrics = metrics
         self.mirror_submit = mirror_submit
+        self.gate = gate
         self.lock = asyncio.Lock()
         self.assigned: dict[int, PartitionState] = {}
         self.mirror_confirmed: dict[str, int] = {}
@@ -162,6 +165,7 @@ class Processor:
         started = time.monotonic()
         scanned = 0
         resent: list[Awaitable[Any]] = []
+        stale: dict[int, dict[bytes, CustomerState]] = {}
         customer_keys = list(self.customers.keys())
         for index, key in enumerate(customer_keys):
             if index % _CHUNK == 0 and index:
@@ -175,7 +179,6 @@ class Processor:
             state = decode_state(raw)
             scanned += 1
             ps = self.assigned[p]
-            ps.due.set(key, state.due)
             # Changes decided by writes after the last confirmed one may never
             # have reached the broker: send them again, byte-identical.
             if state.pseq > ps.confirmed_pseq and state.outbox:
@@ -183,10 +186,16 @@ class Processor:
                     resent.append(
                         self.send(self.settings.tag_change_topic, key, _encode_outbox(change))
                     )
+            if state.rulebook_version != self.rulebook.version and self._may_reevaluate():
+                stale.setdefault(p, {})[key] = state
+                continue
+            ps.due.set(key, state.due)
             if state.mirrored_seq < state.seq and self.mirror_submit is not None:
                 self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
         if resent:
             await asyncio.gather(*resent)
+        if stale:
+            await self._reevaluate(stale)
         for p in partitions:
             ps = self.assigned[p]
             ps.index_ready = True
@@ -208,10 +217,65 @@ class Processor:
             seconds=round(time.monotonic() - started, 3),
         )
 
+    def _may_reevaluate(self) -> bool:
+        return self.gate is None or self.gate.is_open
+
+    async def reevaluate_all(self, _previous: str | None = None) -> None:
+        """Re-evaluate every customer of the assigned partitions under this rulebook, in chunks."""
+        async with self.lock:
+            partitions = {p for p, ps in self.assigned.items() if ps.index_ready}
+            stale: dict[int, dict[bytes, CustomerState]] = {}
+            for index, key in enumerate(list(self.customers.keys())):
+                if index % _CHUNK == 0 and index:
+                    await asyncio.sleep(0)
+                p = partition_for(key, self.settings.partitions)
+                if p not in partitions:
+                    continue
+                raw = self.customers.get(key)
+                if raw is None:
+                    continue
+                state = decode_state(raw)
+                if state.rulebook_version != self.rulebook.version:
+                    stale.setdefault(p, {})[key] = state
+            await self._reevaluate(stale)
+
+    async def _reevaluate(self, stale: dict[int, dict[bytes, CustomerState]]) -> None:
+        """Re-evaluate states decided under another rulebook version at their partition's clock."""
+        started = time.monotonic()
+        wall = self.wall_now()
+        customers = 0
+        for p, states in stale.items():
+            ps = self.assigned[p]
+            work = _BatchWork()
+            for key, state in states.items():
+                self.engine.start_batch(state)
+                changes = self.engine.reevaluate(state, clock=ps.clock, now=wall)
+                work.states.setdefault(p, {})[key] = state
+                if changes:
+                    work.changes.extend(changes)
+                    work.changed.add(key)
+                customers += 1
+                if customers % _CHUNK == 0:
+                    await asyncio.sleep(0)
+            self._write_states(work)
+            await self._flush_outputs(work)
+            self._confirm_partitions(work)
+            self._submit_to_mirror(work)
+        if customers:
+            log.info(
+                "customers re-evaluated under the active rulebook",
+                version=self.rulebook.version,
+                customers=customers,
+                partitions=sorted(stale),
+                seconds=round(time.monotonic() - started, 3),
+            )
+
     # -- batches -----------------------------------------------------------------
 
     async def handle_batch(self, records: Sequence[InboundRecord]) -> None:
         """Process one batch; return once every output is acknowledged."""
+        if self.gate is not None:
+            await self.gate.wait_open()
         started = time.perf_counter()
         async with self.lock:
             work = _BatchWork()
@@ -460,6 +524,8 @@ class Processor:
     async def tick(self, caught_up: Callable[[int], bool]) -> None:
         """Move idle, caught-up partitions to the wall clock (live mode) and fire what is due."""
         if self.settings.clock_mode != "live":
+            return
+        if self.gate is not None and not self.gate.is_open:
             return
         async with self.lock:
             work = _BatchWork()

@@ -96,7 +96,10 @@ def expected_topics(settings: Settings) -> dict[str, int]:
         settings.tag_change_topic,
         settings.dead_letter_topic,
     ]
-    return dict.fromkeys(names, settings.partitions)
+    counts = dict.fromkeys(names, settings.partitions)
+    # Activation records need one total order, so one partition.
+    counts[settings.rulebook_topic] = 1
+    return counts
 
 
 def create_topics(
@@ -126,6 +129,9 @@ def create_topics(
     requests: dict[str, dict[str, Any]] = {}
     for name, partitions in expected_topics(settings).items():
         retention = retention_ms if name in input_names else output_retention_ms
+        if name == settings.rulebook_topic:
+            # The newest activation record must outlive any retention period.
+            retention = -1
         requests[name] = {
             "num_partitions": partitions,
             "replication_factor": replication_factor,

@@ -32,6 +32,9 @@ def readiness(runtime: TaggerRuntime) -> tuple[bool, list[str]]:
     """Return whether every assigned partition has recovered and caught up, and why not."""
     reasons: list[str] = []
     processor = runtime.processor
+    gate = runtime.gate
+    if gate is not None and gate.reason is not None:
+        reasons.append(gate.reason)
     if not processor.assigned:
         reasons.append("no partition assigned yet")
     for partition, state in sorted(processor.assigned.items()):
@@ -65,6 +68,11 @@ def status(runtime: TaggerRuntime) -> dict[str, Any]:
         "reasons": reasons,
         "clock_mode": runtime.settings.clock_mode,
         "rulebook_version": runtime.rulebook.version,
+        "active_rulebook_version": (
+            None
+            if runtime.gate is None or runtime.gate.active is None
+            else runtime.gate.active.version
+        ),
         "partitions": partitions,
         "mirror": {
             "pending": 0 if mirror is None else mirror.pending_count,

@@ -13,6 +13,7 @@ from tagger.streams.app import TaggerRuntime, TaggerWorker, build_app
 from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.mirror import MirrorWriter
+from tagger.streams.rulebook_versions import VersionGate, rulebook_text
 from tagger.streams.topics import check_topics, create_topics
 
 __all__ = ["build_runtime", "run_worker"]
@@ -64,7 +65,9 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
         late["runtime"].metrics.mirror_writes.labels(outcome).inc(count)
 
     mirror = MirrorWriter(settings, on_confirmed=on_confirmed, on_outcome=on_outcome)
-    runtime = build_app(settings, rulebook, probe_end_offsets=probe, mirror=mirror)
+    gate = VersionGate(settings, rulebook, rulebook_text(settings.rulebook_path))
+    runtime = build_app(settings, rulebook, probe_end_offsets=probe, mirror=mirror, gate=gate)
+    gate.on_activated = runtime.processor.reevaluate_all
     late["runtime"] = runtime
     app = runtime.app
 
@@ -74,6 +77,7 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
         async def on_start(self) -> None:
             mirror.start()
             self.add_future(self._write_rulebook())
+            await gate.start()
 
         async def _write_rulebook(self) -> None:
             # Redis may be down at start; the worker consumes anyway and the
@@ -95,6 +99,7 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
                 return
 
         async def on_stop(self) -> None:
+            await gate.stop()
             await mirror.stop(flush_timeout=_MIRROR_FLUSH_ON_STOP_S)
             log.info("mirror stopped", pending=mirror.pending_count)
 
