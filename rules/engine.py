@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any, Final
 
-from tagger.rules.aggregates import Plan, fold_event, make_plan, prune
+from tagger.rules.aggregates import MAX_PER_VALUES, Plan, fold_event, make_plan, prune
 from tagger.rules.evaluate import Context, collect_timers, evaluate, next_change, reason_values
 from tagger.rules.expression import Metric, Node, walk
 from tagger.rules.rulebook import MANUAL_GROUP, MANUAL_PREFIX, PARAM_RE, Rule, Rulebook
@@ -20,6 +21,7 @@ __all__ = [
     "DEDUP_MAX_AGE_MS",
     "DEDUP_MAX_EVENTS",
     "MAX_MANUAL_TAGS",
+    "MAX_PENDING_EVENTS",
     "Engine",
     "Outcome",
     "Position",
@@ -31,6 +33,10 @@ __all__ = [
 DEDUP_MAX_EVENTS: Final = 64
 DEDUP_MAX_AGE_MS: Final = 10 * 60 * 1000
 MAX_MANUAL_TAGS: Final = 64
+# Pending events one customer may have within the allowed lateness. A customer
+# who sends more than this within the lateness is a bot or a replay error. At
+# the cap, 64 purchases with UUID event ids encode to about 15 KB.
+MAX_PENDING_EVENTS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -48,16 +54,26 @@ class Outcome:
 
     `changes` are the tag changes to publish, in order. `duplicate` is True
     when the event was applied before, by position or by event id. `late` is
-    True when an applied event's time is before the watermark.
+    True when the event's time is before the watermark. `late_policy` names
+    the rulebook's policy that handled a late event (`apply`,
+    `late_correction` or `ignore`), and is empty for an event that is not late.
     """
 
     changes: tuple[TagChange, ...]
     duplicate: bool
     late: bool
+    late_policy: str = ""
 
 
 class Engine:
-    """Decides one rulebook's tag changes. It keeps no per-customer data and does no I/O."""
+    """Decides one rulebook's tag changes. It keeps no per-customer data and does no I/O.
+
+    Everything happens in event time. An event whose time is after the
+    watermark (clock − allowed lateness) stays pending in the customer's
+    state until the watermark reaches it. So events that arrive out of order
+    within the allowed lateness give the same changes as in time order. At one
+    instant, changes due then come first, then pending events in arrival order.
+    """
 
     def __init__(self, rulebook: Rulebook) -> None:
         self.rulebook = rulebook
@@ -69,9 +85,7 @@ class Engine:
         # None for customer-wide rules, else the `per` field.
         expressions: dict[str | None, list[Node]] = {}
         for rule in rulebook.rules:
-            expressions.setdefault(rule.per, []).append(rule.condition)
-            if rule.rank is not None:
-                expressions[rule.per].append(rule.rank)
+            expressions.setdefault(rule.per, []).extend(_expressions(rule))
         self._timers = {per: collect_timers(nodes) for per, nodes in expressions.items()}
         self._per_rules: dict[str, list[Rule]] = {}
         for rule in rulebook.rules:
@@ -101,10 +115,14 @@ class Engine:
         clock: int,
         now: int,
     ) -> Outcome:
-        """Apply one event and return the tag changes it decides.
+        """Apply one event and return the tag changes decided by it and by time up to the watermark.
 
         `clock` is the partition clock after this event moved it and `now` the
-        wall time (ms) stamped as `emitted_at`.
+        wall time (ms) stamped as `emitted_at`. First everything due up to the
+        watermark W = clock − allowed lateness is applied, as `advance` does.
+        Then an event after W stays pending until W reaches it, and an event
+        at W is applied at W. An event before W is late, and the rulebook's
+        late policy handles it.
         """
         if (
             position is not None
@@ -122,67 +140,151 @@ class Engine:
             return Outcome((), duplicate=True, late=False)
 
         watermark = clock - self.rulebook.allowed_lateness_ms
-        changes = self._migrate(state, now)
-        changes.extend(self._fire_due(state, watermark, now))
-
-        time = max(state.clock, clock)
-        fold_event(state, event, self._plan, horizon=time, held_values=self._held_params(state))
-        _forget_results(state, event)
-        manual = self._manual_tags(state, event)
-        at = min(max(event.ts, watermark), time)
-        source: ChangeSource = "manual" if manual is not None else "rule"
-        changes.extend(self._evaluate(state, time, at=at, now=now, source=source, manual=manual))
+        changes = self._advance(state, watermark, now)
+        # An event stamped after the clock (later than wall time) takes the
+        # clock's place in time order, but its windowed entries still count
+        # from its own time.
+        time = min(event.ts, clock)
+        late = event.ts < watermark
+        policy = self.rulebook.late_policy
+        if time > watermark:
+            changes.extend(self._add_pending(state, event, time, now))
+        elif not late or policy == "apply":
+            changes.extend(self._apply_event(state, event, watermark, now=now, source="rule"))
+        elif policy == "late_correction":
+            changes.extend(
+                self._apply_event(
+                    state, event, watermark, now=now, source="late_correction", late_event=event
+                )
+            )
 
         if position is not None:
             state.applied[_position_key(position)] = position.offset
         state.recent.append((event_hash, now))
         del state.recent[:-DEDUP_MAX_EVENTS]
-        return Outcome(tuple(changes), duplicate=False, late=event.ts < watermark)
+        return Outcome(
+            tuple(changes), duplicate=False, late=late, late_policy=policy if late else ""
+        )
 
     def advance(self, state: CustomerState, *, watermark: int, now: int) -> tuple[TagChange, ...]:
-        """Fire every change due at or before `watermark`, each at its due time, in time order."""
-        changes = self._migrate(state, now)
-        changes.extend(self._fire_due(state, watermark, now))
-        return tuple(changes)
+        """Apply pending events and fire due changes up to `watermark`, in time order.
 
-    def _migrate(self, state: CustomerState, now: int) -> list[TagChange]:
-        """Re-evaluate a state last evaluated under another rulebook, at its own clock."""
+        Each change has `at` = the time of the event or due instant that
+        decided it.
+        """
+        return tuple(self._advance(state, watermark, now))
+
+    def reevaluate(self, state: CustomerState, *, clock: int, now: int) -> tuple[TagChange, ...]:
+        """Re-evaluate a customer decided under another rulebook version; no-op for this version.
+
+        `clock` is the partition clock. The customer is evaluated at its
+        watermark (clock − allowed lateness, the clock itself with no allowed
+        lateness), or at its earliest pending event if that is earlier, so that
+        pending events still apply in time order. It is never evaluated before
+        its own clock. The differences are returned with `source:
+        rulebook_change` and `at` = that instant, and the state records this
+        rulebook's version. Pending events and changes now due are left to the
+        next `advance`.
+        """
+        return tuple(self._migrate(state, clock - self.rulebook.allowed_lateness_ms, now))
+
+    def _advance(self, state: CustomerState, watermark: int, now: int) -> list[TagChange]:
+        changes = self._migrate(state, watermark, now)
+        changes.extend(self._run_until(state, watermark, now))
+        return changes
+
+    def _migrate(self, state: CustomerState, watermark: int, now: int) -> list[TagChange]:
+        """Re-evaluate a state last evaluated under another rulebook, at the partition's watermark.
+
+        The watermark, not the customer's own clock, because a rulebook takes
+        effect when a worker starts with it: the customer's clock may be months
+        old, and a change the new rulebook decides must not claim to hold from
+        before then.
+        """
         if state.rulebook_version == self.rulebook.version:
             return []
+
+        instant = watermark
+        if state.pending:
+            instant = min(instant, state.pending[0][0])
         for scopes in state.per.values():
             for scope in scopes.values():
                 scope.cache = None
         changes = self._evaluate(
-            state, state.clock, at=state.clock, now=now, source="rulebook_change", manual=None
+            state, max(instant, state.clock), now=now, source="rulebook_change", manual=None
         )
         state.rulebook_version = self.rulebook.version
         return changes
 
-    def _fire_due(self, state: CustomerState, watermark: int, now: int) -> list[TagChange]:
+    def _run_until(self, state: CustomerState, limit: int, now: int) -> list[TagChange]:
+        """Fire due instants and apply pending events at or before `limit`, in time order."""
         changes: list[TagChange] = []
-        while state.due is not None and state.due <= watermark:
-            due = state.due
-            changes.extend(self._evaluate(state, due, at=due, now=now, source="rule", manual=None))
+        while state.due is not None and state.due <= limit:
+            instant = state.due
+            # Changes due at an instant come before events at that instant. When
+            # `due` is a pending event's time and no rule is due, this finds nothing.
+            changes.extend(self._evaluate(state, instant, now=now, source="rule", manual=None))
+            while state.pending and state.pending[0][0] <= instant:
+                _, event = state.pending.pop(0)
+                changes.extend(self._apply_event(state, event, instant, now=now, source="rule"))
         return changes
+
+    def _add_pending(
+        self, state: CustomerState, event: Event, time: int, now: int
+    ) -> list[TagChange]:
+        """Keep an event pending until the watermark reaches `time`."""
+        index = bisect.bisect_right(state.pending, time, key=_pending_time)
+        state.pending.insert(index, (time, event))
+        state.due = time if state.due is None else min(state.due, time)
+        if len(state.pending) <= MAX_PENDING_EVENTS:
+            return []
+        # TODO: the earliest pending event is applied before the watermark reaches
+        # it, so an event that arrives afterwards with an earlier time is
+        # applied at the customer's clock (see _evaluate), out of time order.
+        return self._run_until(state, state.pending[0][0], now)
+
+    def _apply_event(
+        self,
+        state: CustomerState,
+        event: Event,
+        time: int,
+        *,
+        now: int,
+        source: ChangeSource,
+        late_event: Event | None = None,
+    ) -> list[TagChange]:
+        """Fold one event into the aggregates and evaluate at `time` (or the state's clock)."""
+        time = max(time, state.clock)
+        fold_event(state, event, self._plan, horizon=time, held_values=self._held_params(state))
+        _forget_results(state, event)
+        manual = self._manual_tags(state, event)
+        return self._evaluate(
+            state, time, now=now, source=source, manual=manual, late_event=late_event
+        )
 
     def _evaluate(
         self,
         state: CustomerState,
         time: int,
         *,
-        at: int,
         now: int,
         source: ChangeSource,
         manual: dict[str, int] | None,
+        late_event: Event | None = None,
     ) -> list[TagChange]:
-        """Evaluate every rule at `time` and record the changes from the held tags.
+        """Evaluate every rule at `time` and record the changes from the held tags, at `time`.
 
         Also moves the state's clock to `time` and computes its next due time.
+        A `time` before the state's clock is raised to it: evaluation never
+        goes back in time, because pruned aggregates cannot be restored.
         """
+        time = max(time, state.clock)
         prune(state, self._plan, time)
-        desired = self._desired(state, time)
         held_manual = {tag: since for tag, since in state.tags.items() if _is_manual(tag)}
         manual_after = held_manual if manual is None else manual
+        desired = self._desired(state, time, manual_after)
+        # The tags has_tag sees in reasons: those decided at this instant.
+        visible = {**manual_after, **dict.fromkeys(desired, time)}
 
         removed = [
             tag
@@ -201,50 +303,90 @@ class Engine:
         }
         changes: list[TagChange] = []
         for tag in removed:
-            reason = self._reason(state, tag, time)
+            reason = self._reason(state, tag, time, "removed", visible)
             rule = self._rules.get(tag.split(":", 1)[0])
             if rule is not None and not _is_manual(tag):
                 winner = winners.get(rule.group)
                 if winner is not None and self.rulebook.groups[rule.group].exclusive:
                     reason["replaced_by"] = winner
+                    if reason.get("decided_by") not in (None, "leave_when"):
+                        reason["decided_by"] = "group"
+            _note_late_event(reason, late_event)
             changes.append(
-                self._record(state, tag, "removed", at=at, now=now, source=source, reason=reason)
+                self._record(state, tag, "removed", at=time, now=now, source=source, reason=reason)
             )
             del state.tags[tag]
         for tag in added:
-            reason = self._reason(state, tag, time)
+            reason = self._reason(state, tag, time, "added", visible)
+            _note_late_event(reason, late_event)
             changes.append(
-                self._record(state, tag, "added", at=at, now=now, source=source, reason=reason)
+                self._record(state, tag, "added", at=time, now=now, source=source, reason=reason)
             )
-            state.tags[tag] = at
+            state.tags[tag] = time
+            rule = self._rules.get(tag.split(":", 1)[0])
+            if rule is not None and rule.cooldown_ms is not None and not _is_manual(tag):
+                state.last_added[tag] = time
+        self._prune_cooldowns(state, time)
 
         state.clock = max(state.clock, time)
         state.due = self._next_due(state)
         return changes
 
-    def _desired(self, state: CustomerState, time: int) -> dict[str, Rule]:
-        """Return the rule tags the customer should hold at `time`, each with its rule."""
+    def _desired(
+        self, state: CustomerState, time: int, manual: Mapping[str, int]
+    ) -> dict[str, Rule]:
+        """Return the rule tags the customer should hold at `time`, each with its rule.
+
+        A tag not held enters when `when` is true and no cooldown runs. A held
+        tag stays while `when` is true, or, with `leave_when`, until
+        `leave_when` is true. In an exclusive group the first rule in file
+        order that enters or stays wins, so a held tag with `leave_when` keeps
+        its place unless a rule above it enters.
+
+        Rules run in the rulebook's evaluation order, so that `has_tag` sees
+        the tags decided at this instant for the rules it reads, and the
+        manual tags in `manual`.
+        """
         desired: dict[str, Rule] = {}
         taken_groups: set[str] = set()
-        for rule in self.rulebook.rules:
+        visible = dict(manual)
+        for rule in self.rulebook.evaluation_order or self.rulebook.rules:
             exclusive = self.rulebook.groups[rule.group].exclusive
             if exclusive and rule.group in taken_groups:
                 continue
             if rule.per is None:
-                context = self._context(state, state.totals, time)
-                if evaluate(rule.condition, context) is True:
+                context = self._context(state, state.totals, time, visible)
+                if self._holds(state, rule, rule.id, context, time):
                     desired[rule.id] = rule
+                    visible[rule.id] = time
                     taken_groups.add(rule.group)
                 continue
             for value in self._matching_values(state, rule, time):
                 desired[f"{rule.id}:{value}"] = rule
+                visible[f"{rule.id}:{value}"] = time
         return desired
+
+    def _holds(
+        self, state: CustomerState, rule: Rule, tag: str, context: Context, time: int
+    ) -> bool:
+        entering = evaluate(rule.condition, context) is True
+        if tag in state.tags:
+            return entering or (
+                rule.leave is not None and evaluate(rule.leave, context) is not True
+            )
+        return entering and not _cooling(state, rule, tag, time)
 
     def _matching_values(self, state: CustomerState, rule: Rule, time: int) -> list[str]:
         assert rule.per is not None
         matching: list[tuple[int | Decimal, int, str]] = []
         for value, scope in state.per.get(rule.per, {}).items():
-            match = self._scope_results(state, rule.per, scope, time).matches.get(rule.id)
+            results = self._scope_results(state, rule.per, scope, time)
+            tag = f"{rule.id}:{value}"
+            match = results.matches.get(rule.id)
+            if tag in state.tags:
+                match = match or results.staying.get(rule.id)
+            elif match is not None and _cooling(state, rule, tag, time):
+                match = None
             if match is not None:
                 matching.append((match[0], match[1], value))
 
@@ -267,13 +409,20 @@ class Engine:
 
         context = self._context(state, scope, time)
         matches: dict[str, tuple[int | Decimal, int]] = {}
+        staying: dict[str, tuple[int | Decimal, int]] = {}
         for rule in self._per_rules[per]:
-            if evaluate(rule.condition, context) is not True:
+            entering = evaluate(rule.condition, context) is True
+            if not entering and (rule.leave is None or evaluate(rule.leave, context) is True):
                 continue
             rank = evaluate(rule.rank, context) if rule.rank is not None else 0
             assert isinstance(rank, int | Decimal)
-            matches[rule.id] = (rank, _latest_counted(rule, scope, time))
-        scope.cache = ScopeCache(time, next_change(self._timers[per], context), matches)
+            result = (rank, _latest_counted(rule, scope, time))
+            if entering:
+                matches[rule.id] = result
+            else:
+                staying[rule.id] = result
+        due = next_change(self._timers[per], context)
+        scope.cache = ScopeCache(time, due, matches, staying)
         return scope.cache
 
     def _next_due(self, state: CustomerState) -> int | None:
@@ -286,9 +435,39 @@ class Engine:
                 continue
             for scope in state.per.get(per, {}).values():
                 candidates.append(self._scope_results(state, per, scope, state.clock).due)
+        for tag, added in state.last_added.items():
+            rule = self._rules.get(tag.split(":", 1)[0])
+            if tag not in state.tags and rule is not None and rule.cooldown_ms is not None:
+                candidates.append(added + rule.cooldown_ms)
+        if state.pending:
+            candidates.append(state.pending[0][0])
         return min((due for due in candidates if due is not None), default=None)
 
-    def _reason(self, state: CustomerState, tag: str, time: int) -> dict[str, Any]:
+    def _prune_cooldowns(self, state: CustomerState, time: int) -> None:
+        """Forget add times whose cooldown has ended, and keep at most MAX_PER_VALUES per rule."""
+        per_rule: dict[str, list[tuple[int, str]]] = {}
+        for tag, added in list(state.last_added.items()):
+            rule = self._rules.get(tag.split(":", 1)[0])
+            if rule is None or rule.cooldown_ms is None or added + rule.cooldown_ms <= time:
+                del state.last_added[tag]
+            elif rule.per is not None:
+                per_rule.setdefault(rule.id, []).append((added, tag))
+        for entries in per_rule.values():
+            if len(entries) > MAX_PER_VALUES:
+                # TODO: a value whose add time is dropped here may be added
+                # again before its cooldown ends.
+                entries.sort()
+                for _, tag in entries[: len(entries) - MAX_PER_VALUES]:
+                    del state.last_added[tag]
+
+    def _reason(
+        self,
+        state: CustomerState,
+        tag: str,
+        time: int,
+        action: Action,
+        visible: Mapping[str, int] | None = None,
+    ) -> dict[str, Any]:
         if _is_manual(tag):
             return {"rule": MANUAL_GROUP, "when": "", "values": {}}
 
@@ -299,11 +478,13 @@ class Engine:
         scope = state.totals
         if rule.per is not None:
             scope = state.per.get(rule.per, {}).get(param, Scope())
-        expressions: list[Node] = [rule.condition]
-        if rule.rank is not None:
-            expressions.append(rule.rank)
-        values = reason_values(expressions, self._context(state, scope, time))
-        return {"rule": rule.id, "when": rule.when, "values": values}
+        context = self._context(state, scope, time, visible)
+        reason: dict[str, Any] = {"rule": rule.id, "when": rule.when}
+        if rule.leave is not None:
+            reason["leave_when"] = rule.leave_when
+            reason["decided_by"] = _decided_by(rule, context, action)
+        reason["values"] = reason_values(_expressions(rule), context)
+        return reason
 
     def _record(
         self,
@@ -328,7 +509,7 @@ class Engine:
             at=at,
             emitted_at=now,
             rulebook_version=self.rulebook.version,
-            source="manual" if _is_manual(tag) else _rule_source(source),
+            source="manual" if _is_manual(tag) else source,
             reason=reason,
             group=self.rulebook.group_for(tag),
             labels=self.rulebook.labels_for(tag),
@@ -350,7 +531,7 @@ class Engine:
             held.pop(tag, None)
         elif tag not in held and len(held) < MAX_MANUAL_TAGS:
             # TODO: an assign past MAX_MANUAL_TAGS is ignored with no signal to
-            # the caller; manual tags also apply in arrival order, not event time.
+            # the caller; late manual events also apply in arrival order.
             held[tag] = event.ts
         return held
 
@@ -363,13 +544,58 @@ class Engine:
                 held.setdefault(rule.per, set()).add(param)
         return held
 
-    def _context(self, state: CustomerState, scope: Scope, time: int) -> Context:
-        return Context(state, scope, time, self.rulebook.currency, self.rulebook.currency_exponent)
+    def _context(
+        self,
+        state: CustomerState,
+        scope: Scope,
+        time: int,
+        tags: Mapping[str, int] | None = None,
+    ) -> Context:
+        return Context(
+            state, scope, time, self.rulebook.currency, self.rulebook.currency_exponent, tags
+        )
 
     def _tag_order(self, tag: str) -> tuple[int, str]:
         if _is_manual(tag):
             return (self._manual_order, tag)
         return (self._order.get(tag.split(":", 1)[0], -1), tag)
+
+
+def _expressions(rule: Rule) -> list[Node]:
+    """Return the rule's condition, then its `leave_when` and `rank_by` when it has them."""
+    expressions: list[Node] = [rule.condition]
+    if rule.leave is not None:
+        expressions.append(rule.leave)
+    if rule.rank is not None:
+        expressions.append(rule.rank)
+    return expressions
+
+
+def _cooling(state: CustomerState, rule: Rule, tag: str, time: int) -> bool:
+    """Return True when the rule's cooldown since the tag's last add still runs at `time`."""
+    added = state.last_added.get(tag)
+    return rule.cooldown_ms is not None and added is not None and time < added + rule.cooldown_ms
+
+
+def _decided_by(rule: Rule, context: Context, action: Action) -> str:
+    """Name the condition that decided a change of a rule with `leave_when`.
+
+    An add is decided by `when`. A removal is decided by `leave_when` when it
+    is true. Otherwise the tag lost its place to another value of a `per`
+    rule (`limit`), or to a higher rule of its exclusive group (`group`, which
+    the caller records).
+    """
+    if action == "added":
+        return "when"
+    assert rule.leave is not None
+    if evaluate(rule.leave, context) is True:
+        return "leave_when"
+    return "limit" if rule.per is not None else "when"
+
+
+def _note_late_event(reason: dict[str, Any], late_event: Event | None) -> None:
+    if late_event is not None:
+        reason["late_event"] = {"event_id": late_event.event_id, "ts": late_event.ts}
 
 
 def _latest_counted(rule: Rule, scope: Scope, time: int) -> int:
@@ -401,8 +627,8 @@ def _forget_results(state: CustomerState, event: Event) -> None:
             scopes[value].cache = None
 
 
-def _rule_source(source: ChangeSource) -> ChangeSource:
-    return "rule" if source == "manual" else source
+def _pending_time(entry: tuple[int, Event]) -> int:
+    return entry[0]
 
 
 def _is_manual(tag: str) -> bool:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from typing import Any, Final
 
-from tagger.rules.aggregates import SPEND_KEY, window_entries
+from tagger.rules.aggregates import SPEND_KEY, avg_count_key, window_entries
+from tagger.rules.calendar import period_bounds
 from tagger.rules.expression import (
     BoolOp,
+    CalendarPeriod,
     Compare,
     ComparisonOperator,
     Constant,
@@ -20,6 +23,7 @@ from tagger.rules.expression import (
     Sum,
     walk,
 )
+from tagger.rules.filters import FIELD_TYPES
 from tagger.rules.state import CustomerState, Scope
 from tagger.schemas.money import format_money
 
@@ -33,7 +37,8 @@ __all__ = [
     "reason_values",
 ]
 
-Value = int | Decimal | str | bool | None
+# An average is a Fraction, so that it compares exactly with a decimal literal.
+Value = int | Decimal | Fraction | str | bool | None
 
 _FLIPPED: Final[dict[ComparisonOperator, ComparisonOperator]] = {
     "<": ">",
@@ -43,13 +48,19 @@ _FLIPPED: Final[dict[ComparisonOperator, ComparisonOperator]] = {
     "==": "==",
     "!=": "!=",
 }
+_SERIES_KINDS: Final = frozenset({"count_window", "net_spend", "sum", "min", "max", "avg"})
+_WILDCARD: Final = ":*"
+# Decimals of a non-money average in a tag change's reason.
+_AVERAGE_DECIMALS: Final = 4
 
 
 @dataclass(frozen=True)
 class Context:
     """The state, scope and time an expression is evaluated at.
 
-    `scope` is the customer's own or that of one `per` value.
+    `scope` is the customer's own or that of one `per` value. `tags` are the
+    tags `has_tag` reads: the rule tags decided so far at this instant and
+    the manual tags. None reads the tags the state holds.
     """
 
     state: CustomerState
@@ -57,6 +68,7 @@ class Context:
     time: int
     currency: str
     exponent: int
+    tags: Mapping[str, int] | None = None
 
 
 def evaluate(node: Node, context: Context) -> Value:
@@ -82,17 +94,15 @@ def reason_values(nodes: Iterable[Node], context: Context) -> dict[str, Any]:
     """Return metric text → JSON value for every metric in `nodes`, for a tag change's reason.
 
     Money is a decimal string ("5123.40"), counts are ints, durations integer
-    ms, attributes as stored, and a missing value null.
+    ms, attributes as stored, and a missing value null. An average is a
+    decimal string rounded half-even to the currency's decimals for money,
+    to 4 decimals otherwise.
     """
     values: dict[str, Any] = {}
     for root in nodes:
         for node in walk(root):
-            if not isinstance(node, Metric) or node.text in values:
-                continue
-            if node.kind == "net_spend":
-                values[node.text] = format_money(_net_spend_minor(node, context), context.currency)
-            else:
-                values[node.text] = _metric_value(node, context)
+            if isinstance(node, Metric) and node.text not in values:
+                values[node.text] = _reason_value(node, context)
     return values
 
 
@@ -102,87 +112,235 @@ class Timers:
 
     `windows` contains distinct (series key, window ms) pairs. `durations`
     contains duration comparisons as (metric, operator, literal ms), with the
-    metric on the left.
+    metric on the left. `calendars` contains (series key, period, time zone)
+    triples, `distinct` the count_distinct metrics and `sequences` the
+    sequence metrics.
     """
 
     windows: tuple[tuple[str, int], ...]
     durations: tuple[tuple[Metric, ComparisonOperator, int], ...]
+    calendars: tuple[tuple[str, CalendarPeriod, str], ...] = ()
+    distinct: tuple[Metric, ...] = ()
+    sequences: tuple[Metric, ...] = ()
 
 
 def collect_timers(nodes: Iterable[Node]) -> Timers:
-    """Find the windowed metrics and duration comparisons in `nodes`."""
+    """Find the windowed metrics, duration comparisons and sequences in `nodes`."""
     windows: dict[tuple[str, int], None] = {}
+    calendars: dict[tuple[str, CalendarPeriod, str], None] = {}
+    distinct: dict[tuple[str, int | None, CalendarPeriod | None, str], Metric] = {}
+    sequences: dict[tuple[str, int | None], Metric] = {}
     durations: dict[
         tuple[str, str, ComparisonOperator, int], tuple[Metric, ComparisonOperator, int]
     ]
     durations = {}
     for root in nodes:
         for node in walk(root):
-            if isinstance(node, Metric) and node.window is not None:
-                windows[(node.key, node.window)] = None
-            elif isinstance(node, Compare):
+            if isinstance(node, Compare):
                 duration = _duration_comparison(node)
                 if duration is not None:
                     metric, op, literal = duration
                     durations[(metric.kind, metric.key, op, literal)] = duration
-    return Timers(tuple(windows), tuple(durations.values()))
+            if not isinstance(node, Metric):
+                continue
+            if node.kind in _SERIES_KINDS:
+                for key in _series_keys(node):
+                    if node.window is not None:
+                        windows[(key, node.window)] = None
+                    elif node.calendar is not None:
+                        calendars[(key, node.calendar, node.timezone)] = None
+            elif node.kind == "count_distinct":
+                distinct[(node.key, node.window, node.calendar, node.timezone)] = node
+            elif node.kind in ("followed_by", "not_followed_by"):
+                sequences[(node.key, node.timeout)] = node
+    return Timers(
+        tuple(windows),
+        tuple(durations.values()),
+        tuple(calendars),
+        tuple(distinct.values()),
+        tuple(sequences.values()),
+    )
 
 
 def next_change(timers: Timers, context: Context) -> int | None:
     """Return the earliest instant after `context.time` at which a timed part can change value.
 
     With no new event, a windowed metric changes only when an entry enters
-    its window (at the entry's time) or leaves it (at time + window). A
-    duration compared with a literal D changes only at reference + D or 1 ms
-    later.
+    its window (at the entry's time) or leaves it (at time + window), and a
+    calendar window also when the period ends. A duration compared with a
+    literal D changes only at reference + D or 1 ms later. A sequence
+    changes when its timeout runs out or a second event stamped later
+    than now comes due.
     """
-    best: int | None = None
+    time = context.time
+    scope = context.scope
+    candidates: list[int | None] = []
     for key, window in timers.windows:
-        entries = context.scope.series.get(key)
-        if not entries:
-            continue
-        candidate = _series_change(entries, window, context.time)
-        if candidate is not None and (best is None or candidate < best):
-            best = candidate
+        entries = scope.series.get(key)
+        if entries:
+            candidates.append(_series_change(entries, window, time))
+    for key, period, timezone in timers.calendars:
+        entries = scope.series.get(key)
+        if entries:
+            candidates.append(_calendar_change(entries, period, timezone, time))
+    for metric in timers.distinct:
+        candidates.append(_distinct_change(metric, scope, time))
+    for metric in timers.sequences:
+        candidates.append(_sequence_change(metric, scope, time))
     for metric, op, literal in timers.durations:
-        candidate = _duration_change(metric, op, literal, context)
-        if candidate is not None and (best is None or candidate < best):
-            best = candidate
-    return best
+        candidates.append(_duration_change(metric, op, literal, context))
+    return min((candidate for candidate in candidates if candidate is not None), default=None)
 
 
 def _metric_value(metric: Metric, context: Context) -> Value:
+    kind = metric.kind
     scope = context.scope
-    if metric.kind == "count":
+    if kind == "count":
         return scope.counts.get(metric.key, 0)
-    if metric.kind == "count_window":
-        assert metric.window is not None
-        entries = window_entries(
-            _series(metric, context), context.time - metric.window, context.time
-        )
-        return sum(value for _, value in entries)
-    if metric.kind == "net_spend":
+    if kind == "count_window":
+        return _window_total(metric, metric.key, context)
+    if kind == "net_spend":
         # Exact: a Decimal scaled by a power of ten, never a float.
         return Decimal(_net_spend_minor(metric, context)).scaleb(-context.exponent)
-    if metric.kind == "attribute":
+    if kind == "attribute":
         entry = context.state.attributes.get(metric.key)
         return entry[0] if entry is not None else None
+    if kind in ("sum", "min", "max", "avg", "last"):
+        return _field_value(metric, context)
+    if kind == "count_distinct":
+        return _distinct_count(metric, scope, context.time)
+    if kind in ("followed_by", "not_followed_by"):
+        return _sequence_holds(metric, scope, context.time)
+    if kind == "has_tag":
+        return _has_tag(metric.key, context)
 
     reference = _reference_time(metric, context)
     return None if reference is None else context.time - reference
 
 
+def _reason_value(metric: Metric, context: Context) -> Any:
+    if metric.kind == "net_spend":
+        return format_money(_net_spend_minor(metric, context), context.currency)
+    if metric.kind == "avg":
+        average = _average(metric, context)
+        if average is None:
+            return None
+        decimals = context.exponent if _is_money(metric) else _AVERAGE_DECIMALS
+        exact = Decimal(average.numerator) / Decimal(average.denominator)
+        return str(exact.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_EVEN))
+    if metric.kind in ("sum", "min", "max", "last") and _is_money(metric):
+        minor = _field_minor(metric, context)
+        return None if minor is None else format_money(minor, context.currency)
+    return _metric_value(metric, context)
+
+
+def _field_value(metric: Metric, context: Context) -> Value:
+    if metric.kind == "avg":
+        return _average(metric, context)
+    if metric.kind == "last" and not _is_money(metric):
+        entry = context.scope.latest.get(metric.key)
+        return None if entry is None else entry[1]
+    minor = _field_minor(metric, context)
+    if minor is None or not _is_money(metric):
+        return minor
+    return Decimal(minor).scaleb(-context.exponent)
+
+
+def _field_minor(metric: Metric, context: Context) -> int | None:
+    """Return sum, min, max or last of a numeric field as stored: money in minor units."""
+    if metric.kind == "last":
+        entry = context.scope.latest.get(metric.key)
+        return None if entry is None else int(entry[1])
+    if metric.kind == "sum":
+        return _window_total(metric, metric.key, context)
+
+    bounds = _bounds(metric, context.time)
+    if bounds is None:
+        return context.scope.counts.get(metric.key)
+    values = [
+        value for _, value in window_entries(context.scope.series.get(metric.key, []), *bounds)
+    ]
+    if not values:
+        return None
+    return min(values) if metric.kind == "min" else max(values)
+
+
+def _average(metric: Metric, context: Context) -> Fraction | None:
+    count = _window_total(metric, avg_count_key(metric), context)
+    if count == 0:
+        return None
+    average = Fraction(_window_total(metric, metric.key, context), count)
+    if _is_money(metric):
+        average /= 10**context.exponent
+    return average
+
+
+def _window_total(metric: Metric, key: str, context: Context) -> int:
+    bounds = _bounds(metric, context.time)
+    if bounds is None:
+        return context.scope.counts.get(key, 0)
+    return sum(value for _, value in window_entries(context.scope.series.get(key, []), *bounds))
+
+
+def _bounds(metric: Metric, time: int) -> tuple[int, int] | None:
+    """Return a metric's window at `time` as (start, end) for window_entries; None for lifetime."""
+    if metric.window is not None:
+        return time - metric.window, time
+    if metric.calendar is not None:
+        start, _ = period_bounds(metric.calendar, time, metric.timezone)
+        return start - 1, time
+    return None
+
+
 def _net_spend_minor(metric: Metric, context: Context) -> int:
-    assert metric.window is not None
-    entries = window_entries(
-        context.scope.series.get(SPEND_KEY, []), context.time - metric.window, context.time
-    )
     # Refunds may outweigh purchases in a window; net spend never reads below 0.
-    return max(0, sum(value for _, value in entries))
+    return max(0, _window_total(metric, SPEND_KEY, context))
 
 
-def _series(metric: Metric, context: Context) -> list[list[int]]:
-    return context.scope.series.get(metric.key, [])
+def _distinct_count(metric: Metric, scope: Scope, time: int) -> int:
+    bounds = _bounds(metric, time)
+    low, high = bounds if bounds is not None else (None, time)
+    count = 0
+    for times in scope.distinct.get(metric.key, {}).values():
+        index = bisect.bisect_right(times, high) - 1
+        if index >= 0 and (low is None or times[index] > low):
+            count += 1
+    return count
+
+
+def _sequence_holds(metric: Metric, scope: Scope, time: int) -> bool:
+    entry = scope.sequences.get(metric.key)
+    if entry is None or entry[0] is None:
+        return False
+    first: int = entry[0]
+    then_times: list[int] = entry[1]
+    assert metric.timeout is not None
+    # The earliest second event at or after the first one, up to now.
+    index = bisect.bisect_left(then_times, first)
+    then = then_times[index] if index < len(then_times) and then_times[index] <= time else None
+    if metric.kind == "followed_by":
+        return then is not None and then <= first + metric.timeout
+    return then is None and time >= first + metric.timeout
+
+
+def _has_tag(pattern: str, context: Context) -> bool:
+    tags = context.tags if context.tags is not None else context.state.tags
+    if pattern.endswith(_WILDCARD):
+        prefix = pattern.removesuffix("*")
+        return any(tag.startswith(prefix) for tag in tags)
+    return pattern in tags
+
+
+def _is_money(metric: Metric) -> bool:
+    return metric.field is not None and FIELD_TYPES[metric.field] == "money"
+
+
+def _series_keys(metric: Metric) -> tuple[str, ...]:
+    if metric.kind == "net_spend":
+        return (SPEND_KEY,)
+    if metric.kind == "avg":
+        return (metric.key, avg_count_key(metric))
+    return (metric.key,)
 
 
 def _reference_time(metric: Metric, context: Context) -> int | None:
@@ -210,7 +368,8 @@ def _compare(node: Compare, context: Context) -> bool:
     if not (_is_number(left) and _is_number(right)):
         return False
 
-    assert isinstance(left, int | Decimal) and isinstance(right, int | Decimal)
+    assert isinstance(left, int | Decimal | Fraction)
+    assert isinstance(right, int | Decimal | Fraction)
     if node.op == "<":
         return left < right
     if node.op == "<=":
@@ -221,14 +380,24 @@ def _compare(node: Compare, context: Context) -> bool:
 
 
 def _sum(node: Sum, context: Context) -> Value:
-    total: int | Decimal = 0
-    for index, term in enumerate(node.terms):
+    values: list[int | Decimal | Fraction] = []
+    for term in node.terms:
         value = evaluate(term, context)
-        assert isinstance(value, int | Decimal)
-        if index > 0 and node.signs[index - 1] == "-":
-            total -= value
-        else:
-            total += value
+        if value is None:
+            return None
+        assert isinstance(value, int | Decimal | Fraction)
+        values.append(value)
+
+    signs = (1, *(1 if sign == "+" else -1 for sign in node.signs))
+    # Decimal and Fraction do not mix, so an average turns the sum into a Fraction.
+    if any(isinstance(value, Fraction) for value in values):
+        return sum(
+            (sign * Fraction(value) for sign, value in zip(signs, values, strict=True)), Fraction(0)
+        )
+    total: int | Decimal = 0
+    for sign, value in zip(signs, values, strict=True):
+        assert not isinstance(value, Fraction)
+        total += sign * value
     return total
 
 
@@ -242,6 +411,56 @@ def _series_change(entries: list[list[int]], window: int, time: int) -> int | No
         future = entries[entering][0]
         best = future if best is None else min(best, future)
     return best
+
+
+def _calendar_change(
+    entries: list[list[int]], period: CalendarPeriod, timezone: str, time: int
+) -> int | None:
+    start, end = period_bounds(period, time, timezone)
+    candidates: list[int] = []
+    if window_entries(entries, start - 1, time):
+        candidates.append(end)
+    entering = bisect.bisect_right(entries, time, key=_entry_time)
+    if entering < len(entries):
+        candidates.append(entries[entering][0])
+    return min(candidates, default=None)
+
+
+def _distinct_change(metric: Metric, scope: Scope, time: int) -> int | None:
+    values = scope.distinct.get(metric.key)
+    if not values:
+        return None
+    start, end = 0, None
+    if metric.calendar is not None:
+        start, end = period_bounds(metric.calendar, time, metric.timezone)
+
+    candidates: list[int] = []
+    for times in values.values():
+        index = bisect.bisect_right(times, time)
+        if index < len(times):
+            candidates.append(times[index])
+        if index == 0:
+            continue
+        newest = times[index - 1]
+        if metric.window is not None and newest + metric.window > time:
+            candidates.append(newest + metric.window)
+        elif end is not None and newest >= start:
+            candidates.append(end)
+    return min(candidates, default=None)
+
+
+def _sequence_change(metric: Metric, scope: Scope, time: int) -> int | None:
+    entry = scope.sequences.get(metric.key)
+    if entry is None or entry[0] is None:
+        return None
+    assert metric.timeout is not None
+    candidates = [entry[0] + metric.timeout]
+    then_times: list[int] = entry[1]
+    index = bisect.bisect_right(then_times, time)
+    if index < len(then_times):
+        candidates.append(then_times[index])
+    future = [candidate for candidate in candidates if candidate > time]
+    return min(future, default=None)
 
 
 def _duration_comparison(node: Compare) -> tuple[Metric, ComparisonOperator, int] | None:
@@ -281,7 +500,7 @@ def _is_null_literal(node: Node) -> bool:
 
 
 def _is_number(value: Value) -> bool:
-    return isinstance(value, int | Decimal) and not isinstance(value, bool)
+    return isinstance(value, int | Decimal | Fraction) and not isinstance(value, bool)
 
 
 def _same_kind(left: Value, right: Value) -> bool:

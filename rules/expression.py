@@ -12,16 +12,21 @@ __all__ = [
     "COMPARISON_OPERATORS",
     "DURATION_UNITS",
     "BoolOp",
+    "CalendarPeriod",
     "Call",
     "Compare",
     "ComparisonOperator",
     "Constant",
     "ExpressionError",
+    "FieldTest",
+    "FilterOperator",
     "Metric",
     "MetricKind",
     "Node",
     "Not",
+    "Selector",
     "Sum",
+    "Where",
     "parse_duration",
     "parse_expression",
     "walk",
@@ -39,20 +44,47 @@ DURATION_UNITS: Final[dict[str, int]] = {
 ComparisonOperator = Literal["==", "!=", "<", "<=", ">", ">="]
 COMPARISON_OPERATORS: Final[tuple[ComparisonOperator, ...]] = ("==", "!=", "<", "<=", ">", ">=")
 ConstantKind = Literal["number", "duration", "string", "bool", "null"]
-MetricKind = Literal["count", "count_window", "net_spend", "since", "cart_age", "attribute"]
+MetricKind = Literal[
+    "count",
+    "count_window",
+    "net_spend",
+    "since",
+    "cart_age",
+    "attribute",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count_distinct",
+    "last",
+    "followed_by",
+    "not_followed_by",
+    "has_tag",
+]
+FilterOperator = Literal["==", "!=", "<", "<=", ">", ">=", "matches"]
+_FILTER_OPERATORS: Final[dict[str, FilterOperator]] = {
+    "==": "==",
+    "!=": "!=",
+    "<": "<",
+    "<=": "<=",
+    ">": ">",
+    ">=": ">=",
+    "matches": "matches",
+}
+CalendarPeriod = Literal["today", "this_week", "this_month"]
 
 # A condition is a short line of YAML; the cap keeps a hostile rulebook from
 # making the recursive-descent parser recurse without end.
 MAX_EXPRESSION_LENGTH: Final = 4_096
 MAX_NESTING: Final = 64
 
-_KEYWORDS: Final = frozenset({"and", "or", "not", "true", "false", "null"})
+_KEYWORDS: Final = frozenset({"and", "or", "not", "true", "false", "null", "where", "matches"})
 _TOKEN_RE: Final = re.compile(
     r"""
     (?P<space>\s+)
     | (?P<number>\d+(?:\.\d+)?)(?P<unit>[A-Za-z_]\w*)?
     | (?P<string>"(?:[^"\\]|\\.)*")
-    | (?P<ident>[A-Za-z_]\w*)
+    | (?P<ident>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)
     | (?P<op>==|!=|<=|>=|<|>|\+|-|\(|\)|,)
     """,
     re.VERBOSE,
@@ -90,12 +122,31 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class Selector:
+    """The events a metric reads: those of one of `types` that pass the filter `where`.
+
+    `key` is the canonical text, such as `page_view where category matches
+    "electronics.*"`: the same selection always gets the same key, whatever
+    the spacing it was written with, and the state stores its aggregates
+    under that key.
+    """
+
+    types: frozenset[str]
+    where: Node | None
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Metric:
     """A checked metric reference, which the type checker puts in place of a `Call`.
 
-    `key` is the event type (or `activity`) counted, `spend` for net spend,
-    or the attribute name. `window` is in ms. `text` is the call as written,
-    which names the value in a tag change's reason.
+    `key` names what the state stores for it: the selector key for counts and
+    `since`, `spend` for net spend, the attribute name, the field projection
+    (`purchase.amount`) for field aggregates, or the tag pattern of `has_tag`.
+    `window` is a duration window in ms; a calendar window sets `calendar`
+    instead, read in `timezone`, and a lifetime window sets neither. `text`
+    is the call as written, which names the value in a tag change's reason.
+    A sequence reads `selector` then `then` within `timeout` ms.
     """
 
     kind: MetricKind
@@ -104,6 +155,12 @@ class Metric:
     text: str
     start: int
     end: int
+    selector: Selector | None = None
+    field: str | None = None
+    calendar: CalendarPeriod | None = None
+    timezone: str = "UTC"
+    then: Selector | None = None
+    timeout: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +203,31 @@ class Not:
     end: int
 
 
-Node = Constant | Call | Metric | Compare | Sum | BoolOp | Not
+@dataclass(frozen=True, slots=True)
+class FieldTest:
+    """`field op value` inside a `where` filter: an event field compared with a literal.
+
+    After type checking, a money field's `value` is in minor units.
+    """
+
+    field: str
+    op: FilterOperator
+    value: Constant
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """`subject where filter`: a metric's first argument restricted to the events that pass."""
+
+    subject: Node
+    filter: Node
+    start: int
+    end: int
+
+
+Node = Constant | Call | Metric | Compare | Sum | BoolOp | Not | FieldTest | Where
 
 
 def walk(node: Node) -> Iterator[Node]:
@@ -163,6 +244,8 @@ def walk(node: Node) -> Iterator[Node]:
         children = node.operands
     elif isinstance(node, Not):
         children = (node.operand,)
+    elif isinstance(node, Where):
+        children = (node.subject, node.filter)
     for child in children:
         yield from walk(child)
 
@@ -248,6 +331,12 @@ class _Parser:
 
     def expect_end(self) -> None:
         token = self._peek()
+        if token is not None and token.kind == "keyword" and token.text == "where":
+            raise ExpressionError(
+                "`where` filters the first argument of a metric, such as "
+                'count(page_view where category matches "electronics.*", 7d)',
+                token.start,
+            )
         if token is not None:
             raise ExpressionError(
                 f"unexpected {token.text!r} after a complete condition", token.start
@@ -343,12 +432,64 @@ class _Parser:
         args: list[Node] = []
         if not self._accept("op", ")"):
             with _Nesting(self, name.start):
-                args.append(self.parse_or())
+                args.append(self._argument())
                 while self._accept("op", ","):
-                    args.append(self.parse_or())
+                    args.append(self._argument())
             self._expect(")", f"`,` or `)` in the arguments of {name.text}()")
         end = self._tokens[self._index - 1].end
         return Call(name.text, tuple(args), name.start, end)
+
+    def _argument(self) -> Node:
+        argument = self.parse_or()
+        if not self._accept("keyword", "where"):
+            return argument
+        condition = self._filter_or()
+        return Where(argument, condition, argument.start, condition.end)
+
+    def _filter_or(self) -> Node:
+        return self._bool_chain("or", self._filter_and)
+
+    def _filter_and(self) -> Node:
+        return self._bool_chain("and", self._filter_not)
+
+    def _filter_not(self) -> Node:
+        token = self._peek()
+        if token is not None and token.kind == "keyword" and token.text == "not":
+            self._index += 1
+            with _Nesting(self, token.start):
+                operand = self._filter_not()
+            return Not(operand, token.start, operand.end)
+        return self._field_test()
+
+    def _field_test(self) -> Node:
+        token = self._next("an event field such as category, or `(`")
+        if token.kind == "op" and token.text == "(":
+            with _Nesting(self, token.start):
+                inner = self._filter_or()
+            self._expect(")", "`)` to close the `(`")
+            return inner
+        if token.kind != "ident":
+            raise ExpressionError(
+                f"expected an event field such as category after `where`, found {token.text!r}",
+                token.start,
+            )
+
+        operator = self._next("a comparison or `matches`")
+        is_match = operator.kind == "keyword" and operator.text == "matches"
+        if not is_match and (operator.kind != "op" or operator.text not in COMPARISON_OPERATORS):
+            raise ExpressionError(
+                f"expected a comparison or `matches` after {token.text!r}, found {operator.text!r}",
+                operator.start,
+            )
+        value = self._parse_atom()
+        if not isinstance(value, Constant):
+            raise ExpressionError(
+                "a filter compares an event field with a literal, such as "
+                '"electronics.*" or 100.00',
+                value.start,
+            )
+        op = _FILTER_OPERATORS[operator.text]
+        return FieldTest(token.text, op, value, token.start, value.end)
 
     def _peek(self) -> _Token | None:
         if self._index < len(self._tokens):

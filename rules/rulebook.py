@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,16 +15,22 @@ from yaml.nodes import Node as YamlNode
 from yaml.nodes import ScalarNode
 
 from tagger.errors import RulebookError
+from tagger.rules.calendar import DEFAULT_TIMEZONE, is_timezone
+from tagger.rules.dependencies import DependencyError, check_references, evaluation_order
 from tagger.rules.expression import ExpressionError, Node, parse_duration, parse_expression
+from tagger.rules.metrics import MetricOptions
+from tagger.rules.static_checks import RuleWarning, condition_warnings
 from tagger.rules.typecheck import PER_FIELDS, check_condition, check_rank
 from tagger.rules.yaml_source import Source, suggest
 from tagger.schemas.money import CURRENCY_EXPONENTS
 
 __all__ = [
+    "LATE_POLICIES",
     "MANUAL_GROUP",
     "MANUAL_PREFIX",
     "PARAM_RE",
     "Group",
+    "LatePolicy",
     "Rule",
     "Rulebook",
     "load_rulebook",
@@ -40,6 +47,10 @@ RULEBOOK_FORMAT_VERSION: Final = 1
 LANGUAGES: Final = ("zh", "en")
 PARAM_PLACEHOLDER: Final = "{param}"
 _DEFAULT_FILE: Final = "default.yaml"
+
+# Late policies: the engine's handling of an event older than the watermark (see Engine.apply).
+LatePolicy = Literal["apply", "late_correction", "ignore"]
+LATE_POLICIES: Final[tuple[LatePolicy, ...]] = ("apply", "late_correction", "ignore")
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,13 @@ class Rule:
     line: int
     condition: Node = field(repr=False, compare=False)
     rank: Node | None = field(default=None, repr=False, compare=False)
+    # Hysteresis: a held tag leaves only when `leave_when` is true and `when` is false.
+    leave_when: str | None = None
+    leave: Node | None = field(default=None, repr=False, compare=False)
+    # Re-entry cooldown in ms: a tag added at t is not added again before t + cooldown.
+    cooldown_ms: int | None = None
+    # IANA time zone of the rule's calendar windows, when it overrides the rulebook's.
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,11 +97,17 @@ class Rulebook:
     version: str
     currency: str
     allowed_lateness_ms: int
-    late_policy: Literal["apply"]
+    late_policy: LatePolicy
     groups: Mapping[str, Group]
     rules: tuple[Rule, ...]
     currency_exponent: int = 2
     file: str = ""
+    # IANA time zone of calendar windows (today, this_week, this_month).
+    timezone: str = DEFAULT_TIMEZONE
+    # `rules` in the order to evaluate them: each after the rules whose tags
+    # it reads with has_tag, else in file order. Empty means file order.
+    evaluation_order: tuple[Rule, ...] = field(default=(), repr=False, compare=False)
+    warnings: tuple[RuleWarning, ...] = field(default=(), repr=False, compare=False)
 
     def rule_for(self, tag: str) -> Rule | None:
         """Return the rule that decides `tag`, or None for a manual or unknown tag."""
@@ -161,7 +185,7 @@ def _parse(text: str, *, file: str, digest: str) -> Rulebook:
         source.root,
         "the rulebook",
         required=("version", "currency", "groups", "rules"),
-        optional=("allowed_lateness", "late_policy"),
+        optional=("allowed_lateness", "late_policy", "timezone"),
     )
 
     version_node = top["version"][1]
@@ -184,23 +208,52 @@ def _parse(text: str, *, file: str, digest: str) -> Rulebook:
     if "allowed_lateness" in top:
         lateness = _duration(source, top["allowed_lateness"][1], "allowed_lateness")
 
+    late_policy: LatePolicy = "apply"
     if "late_policy" in top:
-        policy_node = top["late_policy"][1]
-        policy = source.string(policy_node, "late_policy")
-        if policy != "apply":
-            source.fail(policy_node, f"late_policy: expected 'apply', found {policy!r}")
+        late_policy = _late_policy(source, top["late_policy"][1])
+
+    timezone = DEFAULT_TIMEZONE
+    if "timezone" in top:
+        timezone = _timezone(source, top["timezone"][1], "timezone")
 
     groups = _groups(source, top["groups"][1])
-    rules = _rules(source, top["rules"][1], groups)
+    options = MetricOptions(exponent=exponent, timezone=timezone)
+    rules, order, warnings = _rules(source, top["rules"][1], groups, options)
     return Rulebook(
         version=digest[:16],
         currency=currency,
         allowed_lateness_ms=lateness,
-        late_policy="apply",
+        late_policy=late_policy,
         groups=groups,
         rules=rules,
         currency_exponent=exponent,
         file=file,
+        timezone=timezone,
+        evaluation_order=order,
+        warnings=warnings,
+    )
+
+
+def _timezone(source: Source, node: YamlNode, what: str) -> str:
+    name = source.string(node, what)
+    if not is_timezone(name):
+        source.fail(
+            node,
+            f"{what}: expected an IANA time zone such as UTC, Asia/Shanghai or "
+            f"Europe/London, found {name!r}{suggest(name, zoneinfo.available_timezones())}",
+        )
+    return name
+
+
+def _late_policy(source: Source, node: YamlNode) -> LatePolicy:
+    policy = source.string(node, "late_policy")
+    for known in LATE_POLICIES:
+        if policy == known:
+            return known
+    source.fail(
+        node,
+        f"late_policy: expected 'apply', 'late_correction' or 'ignore', "
+        f"found {policy!r}{suggest(policy, LATE_POLICIES)}",
     )
 
 
@@ -237,7 +290,10 @@ def _groups(source: Source, node: YamlNode) -> dict[str, Group]:
     return groups
 
 
-def _rules(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> tuple[Rule, ...]:
+def _rules(
+    source: Source, node: YamlNode, groups: Mapping[str, Group], options: MetricOptions
+) -> tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[RuleWarning, ...]]:
+    """Parse the rules; return them, their evaluation order and their static warnings."""
     items = source.sequence(node, "rules")
     if not items:
         source.fail(node, "rules: expected at least one rule")
@@ -245,7 +301,7 @@ def _rules(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> tuple
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for item in items:
-        rule = _rule(source, item, groups)
+        rule = _rule(source, item, groups, options)
         if rule.id in seen:
             source.fail(
                 item,
@@ -253,15 +309,55 @@ def _rules(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> tuple
             )
         seen[rule.id] = rule.line
         rules.append(rule)
-    return tuple(rules)
+
+    located = dict(zip((rule.id for rule in rules), items, strict=True))
+    try:
+        check_references(rules)
+        order = evaluation_order(rules, {name: group.exclusive for name, group in groups.items()})
+    except DependencyError as exc:
+        item = located[exc.rule_id]
+        if exc.reference is None:
+            source.fail(item, exc.message)
+        line, column = _expression_position(source, item, exc.reference.key, exc.reference.offset)
+        source.fail_at(line, column, exc.message)
+
+    exclusive = {rule.id: rule.group for rule in rules if groups[rule.group].exclusive}
+    warnings: list[RuleWarning] = []
+    for rule in rules:
+        expressions = [
+            ("when", rule.condition, rule.when),
+            ("leave_when", rule.leave, rule.leave_when),
+        ]
+        for key, condition, text in expressions:
+            if condition is None or text is None:
+                continue
+            found = condition_warnings(
+                condition, text, exponent=options.exponent, exclusive=exclusive
+            )
+            for offset, message in found:
+                line, column = _expression_position(source, located[rule.id], key, offset)
+                warnings.append(
+                    RuleWarning(source.file, line + 1, column + 1, f"rule {rule.id!r}: {message}")
+                )
+    return tuple(rules), tuple(rules[index] for index in order), tuple(warnings)
 
 
-def _rule(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> Rule:
+def _expression_position(source: Source, item: YamlNode, key: str, offset: int) -> tuple[int, int]:
+    """Return the 0-based (line, column) of `offset` in the stripped text of a rule's `key`."""
+    node = source.entries(item, "a rule")[key][1]
+    assert isinstance(node, ScalarNode)
+    text = str(node.value)
+    return source.text_position(node, offset + len(text) - len(text.lstrip()))
+
+
+def _rule(
+    source: Source, node: YamlNode, groups: Mapping[str, Group], defaults: MetricOptions
+) -> Rule:
     entries = source.mapping(
         node,
         "a rule",
         required=("id", "group", "labels", "description", "when"),
-        optional=("per", "rank_by", "limit"),
+        optional=("per", "rank_by", "limit", "leave_when", "cooldown", "timezone"),
     )
     id_node = entries["id"][1]
     rule_id = source.string(id_node, "rule id")
@@ -304,9 +400,16 @@ def _rule(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> Rule:
     if not description:
         source.fail(entries["description"][1], f"{what}: description is empty")
 
+    timezone: str | None = None
+    if "timezone" in entries:
+        timezone = _timezone(source, entries["timezone"][1], f"{what} timezone")
+    options = MetricOptions(
+        per=per, exponent=defaults.exponent, timezone=timezone or defaults.timezone
+    )
+
     when_node = entries["when"][1]
     when = source.string(when_node, f"{what} when")
-    condition = _expression(source, when_node, when, per, rank=False)
+    condition = _expression(source, when_node, when, options, rank=False)
 
     rank_by: str | None = None
     rank: Node | None = None
@@ -315,7 +418,7 @@ def _rule(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> Rule:
         if per is None:
             source.fail(entries["rank_by"][0], f"{what}: rank_by needs `per`")
         rank_by = source.string(rank_node, f"{what} rank_by")
-        rank = _expression(source, rank_node, rank_by, per, rank=True)
+        rank = _expression(source, rank_node, rank_by, options, rank=True)
 
     limit: int | None = None
     if "limit" in entries:
@@ -326,6 +429,7 @@ def _rule(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> Rule:
         if limit < 1:
             source.fail(limit_node, f"{what}: limit must be at least 1, found {limit}")
 
+    leave_when, leave = _leave_when(source, entries, what, options)
     return Rule(
         id=rule_id,
         group=group,
@@ -338,17 +442,53 @@ def _rule(source: Source, node: YamlNode, groups: Mapping[str, Group]) -> Rule:
         line=node.start_mark.line + 1,
         condition=condition,
         rank=rank,
+        leave_when=leave_when,
+        leave=leave,
+        cooldown_ms=_cooldown(source, entries, what),
+        timezone=timezone,
     )
 
 
-def _expression(source: Source, node: YamlNode, text: str, per: str | None, *, rank: bool) -> Node:
+def _leave_when(
+    source: Source,
+    entries: Mapping[str, tuple[YamlNode, YamlNode]],
+    what: str,
+    options: MetricOptions,
+) -> tuple[str | None, Node | None]:
+    if "leave_when" not in entries:
+        return None, None
+    node = entries["leave_when"][1]
+    text = source.string(node, f"{what} leave_when")
+    return text.strip(), _expression(source, node, text, options, rank=False)
+
+
+def _cooldown(
+    source: Source, entries: Mapping[str, tuple[YamlNode, YamlNode]], what: str
+) -> int | None:
+    if "cooldown" not in entries:
+        return None
+    node = entries["cooldown"][1]
+    cooldown = _duration(source, node, f"{what} cooldown")
+    if cooldown <= 0:
+        source.fail(node, f"{what}: cooldown must be longer than 0")
+    return cooldown
+
+
+def _expression(
+    source: Source, node: YamlNode, text: str, options: MetricOptions, *, rank: bool
+) -> Node:
     stripped = text.strip()
     lead = len(text) - len(text.lstrip())
+    check = check_rank if rank else check_condition
     try:
         parsed = parse_expression(stripped)
-        if rank:
-            return check_rank(parsed, stripped, per=per)
-        return check_condition(parsed, stripped, per=per)
+        return check(
+            parsed,
+            stripped,
+            per=options.per,
+            exponent=options.exponent,
+            timezone=options.timezone,
+        )
     except ExpressionError as exc:
         assert isinstance(node, ScalarNode)
         line, column = source.text_position(node, exc.offset + lead)

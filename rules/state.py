@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, Final
 
 import orjson
 
-from tagger.schemas.events import AttributeValue
+from tagger.schemas.events import AttributeValue, Event
 
 __all__ = [
+    "READABLE_STATE_VERSIONS",
     "STATE_VERSION",
     "CustomerState",
     "Scope",
@@ -20,7 +21,10 @@ __all__ = [
 ]
 
 # Written into every encoded state; decode_state reads each version ever written.
-STATE_VERSION: Final = 1
+# Version 2 added pending events and cooldown times, which version 1 workers would
+# silently drop, so they reject it instead.
+STATE_VERSION: Final = 2
+READABLE_STATE_VERSIONS: Final = (1, 2)
 
 
 @dataclass
@@ -28,13 +32,16 @@ class ScopeCache:
     """Results of a scope's `per` rules at `time`, valid until `due` or the scope's next event.
 
     `matches` maps the id of each rule whose condition is true to its
-    (rank, time of the newest counted event). Kept in memory only: it is not
+    (rank, time of the newest counted event). `staying` does the same for
+    rules with `leave_when` whose `when` and `leave_when` are both false, so
+    that a value already tagged keeps its tag. Kept in memory only: it is not
     encoded, and a decoded state recomputes it.
     """
 
     time: int
     due: int | None
     matches: dict[str, tuple[int | Decimal, int]]
+    staying: dict[str, tuple[int | Decimal, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +59,16 @@ class Scope:
     last: dict[str, int] = field(default_factory=dict)
     newest: int | None = None
     cache: ScopeCache | None = field(default=None, compare=False, repr=False)
+    # --- Aggregates of field metrics and sequences (written by rules/aggregates.py) ---
+    # count_distinct key → value as text → times it was seen: the newest at
+    # or before the last evaluation, then any later ones.
+    distinct: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    # last(...) key → [time, value] of the newest event that had the field.
+    latest: dict[str, list[Any]] = field(default_factory=dict)
+    # Sequence key → [time of the latest first event or None, ascending times
+    # of second events at or after it].
+    sequences: dict[str, list[Any]] = field(default_factory=dict)
+    # --- end of field metrics and sequences ---
 
 
 @dataclass
@@ -85,6 +102,11 @@ class CustomerState:
     # Set by start_batch: the outbox is cleared before the next change is added,
     # so that a redelivered event can still re-emit the changes it recorded.
     outbox_stale: bool = False
+    # Events within the allowed lateness, pending until the watermark reaches them:
+    # (time to apply at, event), ascending, in arrival order at equal times.
+    pending: list[tuple[int, Event]] = field(default_factory=list)
+    # Tag → time it was last added, for rules with a cooldown, while it runs.
+    last_added: dict[str, int] = field(default_factory=dict)
 
 
 def encode_state(state: CustomerState) -> bytes:
@@ -112,6 +134,8 @@ def encode_state(state: CustomerState) -> bytes:
         "lp": state.last_purchase,
         "at": {name: list(entry) for name, entry in state.attributes.items()},
         "os": state.outbox_stale,
+        "pe": [_encode_pending(time, event) for time, event in state.pending],
+        "la": state.last_added,
     }
     for key, value in optional.items():
         if value:
@@ -123,10 +147,10 @@ def decode_state(raw: bytes) -> CustomerState:
     """Parse a state written by `encode_state` of this or any earlier state version."""
     data = orjson.loads(raw)
     version = data.get("v") if isinstance(data, dict) else None
-    if version != STATE_VERSION:
+    if version not in READABLE_STATE_VERSIONS:
         raise ValueError(
-            f"unknown customer state version {version!r}: this worker reads version "
-            f"{STATE_VERSION}; upgrade the worker"
+            f"unknown customer state version {version!r}: this worker reads versions "
+            f"{', '.join(map(str, READABLE_STATE_VERSIONS))}; upgrade the worker"
         )
 
     return CustomerState(
@@ -151,7 +175,29 @@ def decode_state(raw: bytes) -> CustomerState:
         last_purchase=data.get("lp"),
         attributes={name: (entry[0], entry[1]) for name, entry in data.get("at", {}).items()},
         outbox_stale=data.get("os", False),
+        pending=[_decode_pending(entry, data["c"]) for entry in data.get("pe", [])],
+        last_added=data.get("la", {}),
     )
+
+
+_EVENT_FIELDS: Final = tuple(item.name for item in fields(Event) if item.name != "customer_id")
+
+
+def _encode_pending(time: int, event: Event) -> list[Any]:
+    # The event's fields without customer_id, which the state has, and
+    # without None values; the apply time only when it is not the event time.
+    encoded = {}
+    for name in _EVENT_FIELDS:
+        value = getattr(event, name)
+        if value is not None:
+            encoded[name] = dict(value) if name == "attributes" else value
+    return [encoded] if time == event.ts else [encoded, time]
+
+
+def _decode_pending(entry: list[Any], customer_id: str) -> tuple[int, Event]:
+    event = Event(customer_id=customer_id, **entry[0])
+    time = entry[1] if len(entry) > 1 else event.ts
+    return time, event
 
 
 def _delta_encode(times: list[int]) -> list[int]:
@@ -186,6 +232,14 @@ def _encode_scope(scope: Scope) -> dict[str, Any]:
     # `newest` is left out when the series or last times already show it.
     if scope.newest is not None and scope.newest != _newest_recorded(scope):
         encoded["w"] = scope.newest
+    # Field metrics and sequences; a state written before they existed has
+    # none of these keys and decodes with them empty.
+    if scope.distinct:
+        encoded["dv"] = scope.distinct
+    if scope.latest:
+        encoded["lv"] = scope.latest
+    if scope.sequences:
+        encoded["sq"] = scope.sequences
     return encoded
 
 
@@ -211,6 +265,9 @@ def _decode_scope(data: dict[str, Any]) -> Scope:
         series={key: _decode_series(flat) for key, flat in data.get("s", {}).items()},
         counts=data.get("n", {}),
         last=data.get("l", {}),
+        distinct=data.get("dv", {}),
+        latest=data.get("lv", {}),
+        sequences=data.get("sq", {}),
     )
     scope.newest = data.get("w", _newest_recorded(scope))
     return scope

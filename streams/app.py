@@ -54,8 +54,16 @@ class TaggerRuntime:
         if highwater is None:
             return None
         processed = self.processor.processed_offsets.get((tp.topic, tp.partition))
-        committed_next = 0 if processed is None else processed + 1
-        return max(0, int(highwater) - committed_next)
+        if processed is not None:
+            next_offset = processed + 1
+        else:
+            # Nothing processed since this worker got the partition: it starts
+            # at the group's committed offset, which Faust keeps per partition
+            # (a private attribute of faust-streaming 0.15).
+            consumer: Any = self.app.consumer
+            committed = consumer._committed_offset.get(tp)
+            next_offset = int(committed) if committed else 0
+        return max(0, int(highwater) - next_offset)
 
     def caught_up(self, partition: int) -> bool:
         """Return True when every record of the partition's input has been processed."""

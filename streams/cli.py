@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -21,12 +22,14 @@ from tagger.streams.logs import configure_logging
 __all__ = ["main"]
 
 log = structlog.get_logger(__name__)
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (pipes, CI logs) rich would wrap at 80 columns and cut tag
+# ids; a wide console keeps every line whole.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-# Options shared by every command that talks to Kafka or Redis. Each has an
-# env twin, shown in --help, and overrides it when given.
-_COMMON = [
+# Options shared by commands that talk to Kafka or Redis, in groups so that each
+# command shows only those it uses. Each has an env twin, shown in --help.
+_KAFKA = [
     click.option(
         "--bootstrap",
         envvar="KAFKA_BOOTSTRAP_SERVERS",
@@ -34,17 +37,13 @@ _COMMON = [
         help="Kafka bootstrap servers, host:port[,host:port].",
     ),
     click.option(
-        "--redis-url",
-        envvar="REDIS_URL",
-        show_envvar=True,
-        help="Redis URL, e.g. redis://127.0.0.1:6379/0.",
-    ),
-    click.option(
         "--app-id",
         envvar="TAGGER_APP_ID",
         show_envvar=True,
         help="Faust app id: consumer group and changelog topic prefix.",
     ),
+]
+_TOPICS = [
     click.option(
         "--input-topic",
         "input_topics",
@@ -70,12 +69,22 @@ _COMMON = [
         show_envvar=True,
         help="Partition count of the input topics and tables.",
     ),
+]
+_REDIS = [
+    click.option(
+        "--redis-url",
+        envvar="REDIS_URL",
+        show_envvar=True,
+        help="Redis URL, e.g. redis://127.0.0.1:6379/0.",
+    ),
     click.option(
         "--redis-prefix",
         envvar="TAGGER_REDIS_PREFIX",
         show_envvar=True,
         help="Prefix of every Redis key the mirror writes.",
     ),
+]
+_RULEBOOK = [
     click.option(
         "--rulebook",
         "rulebook_path",
@@ -84,6 +93,8 @@ _COMMON = [
         type=click.Path(exists=True, dir_okay=False),
         help="Rulebook YAML file (default: the packaged default rulebook).",
     ),
+]
+_LOG = [
     click.option(
         "--log-level",
         envvar="TAGGER_LOG_LEVEL",
@@ -94,13 +105,29 @@ _COMMON = [
 ]
 
 
-def _common_options(function: Any) -> Any:
-    for option in reversed(_COMMON):
-        function = option(function)
-    return function
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _options(*groups: list[Any]) -> Callable[[_Command], _Command]:
+    def decorate(function: _Command) -> _Command:
+        for group in reversed(groups):
+            for option in reversed(group):
+                function = option(function)
+        return function
+
+    return decorate
 
 
 def _settings(**options: Any) -> Settings:
+    # Click has already read the env twins, so a missing value here means the
+    # built-in default; say so, because it may reach an unrelated local server.
+    defaults = Settings()
+    for option, env, default in (
+        ("bootstrap", "KAFKA_BOOTSTRAP_SERVERS", defaults.kafka_bootstrap_servers),
+        ("redis_url", "REDIS_URL", defaults.redis_url),
+    ):
+        if option in options and options[option] is None:
+            err_console.print(f"note: {env} is not set; using {default}", highlight=False)
     overrides = {
         "kafka_bootstrap_servers": options.pop("bootstrap", None),
         "redis_url": options.pop("redis_url", None),
@@ -141,7 +168,7 @@ def main() -> None:
 
 
 @cli.command()
-@_common_options
+@_options(_KAFKA, _TOPICS, _REDIS, _RULEBOOK, _LOG)
 @click.option(
     "--clock-mode",
     type=click.Choice(["live", "replay"]),
@@ -170,7 +197,20 @@ def main() -> None:
     help="Folder for Faust's local table state.",
 )
 def worker(**options: Any) -> None:
-    """Run a worker: consume events, tag customers, publish changes, mirror to Redis."""
+    """Run a worker: consume events, tag customers, publish changes, mirror to Redis.
+
+    Every setting also reads an environment variable; the options above
+    override them. The others, with their defaults:
+
+    \b
+    TAGGER_BATCH_SIZE=1000              records per batch
+    TAGGER_BATCH_TIMEOUT_S=0.05         max wait for a batch to fill, seconds
+    TAGGER_BROKER_SESSION_TIMEOUT_S=30  consumer group session timeout, seconds
+    TAGGER_STANDBY_REPLICAS=0           standby copies of each table partition
+    TAGGER_MIRROR_TIMEOUT_S=1.0         Redis socket timeout of the mirror, seconds
+    TAGGER_BROKER_END_OFFSET_FIX=auto   read changelogs to their true end: auto|on|off
+    TAGGER_WALL_CLOCK_OFFSET_MS=0       shift the wall clock (tests only)
+    """
     settings = _settings(**options)
     configure_logging(settings.log_level)
     from tagger.streams.worker import run_worker
@@ -184,7 +224,7 @@ def topics() -> None:
 
 
 @topics.command("create")
-@_common_options
+@_options(_KAFKA, _TOPICS, _LOG)
 def topics_create(**options: Any) -> None:
     """Create the input, repartition, tag-change and dead-letter topics where missing."""
     settings = _settings(**options)
@@ -196,7 +236,7 @@ def topics_create(**options: Any) -> None:
 
 
 @topics.command("check")
-@_common_options
+@_options(_KAFKA, _TOPICS, _LOG)
 def topics_check(**options: Any) -> None:
     """Report missing topics and partition counts that do not match; exit 1 on any problem."""
     settings = _settings(**options)
@@ -233,7 +273,7 @@ def _parse_end_clock(value: str | None) -> Any:
 
 
 @cli.command()
-@_common_options
+@_options(_KAFKA, _TOPICS, _RULEBOOK)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--format",
@@ -282,8 +322,16 @@ def replay(
     from tagger.rules.rulebook import load_rulebook
     from tagger.streams.replay import replay_file
 
+    rulebook_currency = load_rulebook(settings.rulebook_path).currency
     if currency is None:
-        currency = load_rulebook(settings.rulebook_path).currency
+        currency = rulebook_currency
+    elif currency != rulebook_currency:
+        raise click.ClickException(
+            f"--currency {currency} differs from the rulebook's currency {rulebook_currency}: "
+            "workers running that rulebook would dead-letter every purchase as "
+            "currency_mismatch. Set TAGGER_RULEBOOK_PATH to a rulebook in "
+            f"{currency} (for the workers too), or leave out --currency"
+        )
     report = replay_file(
         file,
         settings,
@@ -314,7 +362,7 @@ def _iso(epoch_ms: int | None) -> str:
 
 
 @cli.command()
-@_common_options
+@_options(_REDIS)
 @click.argument("customer")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def tags(customer: str, as_json: bool, **options: Any) -> None:
@@ -323,6 +371,8 @@ def tags(customer: str, as_json: bool, **options: Any) -> None:
     configure_logging("warning", quiet_kafka=True)
     from tagger.streams.readers import customer_tags
 
+    if not customer:
+        raise click.BadParameter("the customer id is empty", param_hint="CUSTOMER")
     views = customer_tags(settings, customer)
     if as_json:
         rows = [dataclasses.asdict(view) for view in views]
@@ -330,6 +380,7 @@ def tags(customer: str, as_json: bool, **options: Any) -> None:
         return
     if not views:
         console.print(f"customer {customer!r} holds no tags")
+        _hint_if_no_rulebook(settings)
         return
     table = Table("tag", "since (UTC)", "中文", "English", "group")
     for view in views:
@@ -338,10 +389,22 @@ def tags(customer: str, as_json: bool, **options: Any) -> None:
 
 
 @cli.command()
-@_common_options
+@_options(_REDIS)
 @click.argument("tag")
-@click.option("--offset", default=0, show_default=True, help="Members to skip (newest first).")
-@click.option("--limit", default=50, show_default=True, help="Members per page.")
+@click.option(
+    "--offset",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Members to skip (newest first).",
+)
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1, max=10_000),
+    help="Members per page.",
+)
 def members(tag: str, offset: int, limit: int, **options: Any) -> None:
     """List the customers holding TAG, newest first, a page at a time."""
     settings = _settings(**options)
@@ -349,6 +412,8 @@ def members(tag: str, offset: int, limit: int, **options: Any) -> None:
     from tagger.streams.readers import tag_members
 
     page = tag_members(settings, tag, offset=offset, limit=limit)
+    if page.total == 0:
+        _hint_if_no_rulebook(settings, tag=tag)
     table = Table("customer", "since (UTC)")
     for member in page.members:
         table.add_row(member.customer_id, member.since)
@@ -359,11 +424,47 @@ def members(tag: str, offset: int, limit: int, **options: Any) -> None:
         console.print(f"next page: --offset {shown_to} --limit {limit}")
 
 
+def _hint_if_no_rulebook(settings: Settings, *, tag: str | None = None) -> None:
+    """Explain an empty answer: a wrong Redis URL or prefix, or a misspelt tag."""
+    import difflib
+
+    import redis
+
+    from tagger.streams.mirror import read_rulebook
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        described = read_rulebook(client, settings.redis_prefix)
+    finally:
+        client.close()
+    if described["version"] is None:
+        err_console.print(
+            f"note: no rulebook labels under prefix {settings.redis_prefix!r} in "
+            f"{Settings(redis_url=settings.redis_url).redacted()['redis_url']}: is REDIS_URL or "
+            "TAGGER_REDIS_PREFIX wrong, or has no worker started yet?",
+            highlight=False,
+        )
+        return
+    known = set(described["tags"])
+    if tag is None or tag in known or tag.split(":", 1)[0] in known or tag.startswith("manual:"):
+        return
+    close = difflib.get_close_matches(tag, sorted(known), n=1)
+    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+    err_console.print(f"note: the rulebook has no tag {tag!r}{suggestion}", highlight=False)
+
+
 @cli.command()
-@_common_options
+@_options(_KAFKA, _TOPICS)
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest change kept.")
-@click.option("--max", "max_messages", type=int, help="Stop after this many changes.")
-@click.option("--timeout", "timeout_s", type=float, help="Stop after this many idle seconds.")
+@click.option(
+    "--max", "max_messages", type=click.IntRange(min=1), help="Stop after this many changes."
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this many seconds.",
+)
 def tail(
     from_beginning: bool, max_messages: int | None, timeout_s: float | None, **options: Any
 ) -> None:
@@ -382,6 +483,57 @@ def tail(
         return
 
 
+# -- explain ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("customer")
+@click.argument("tag", required=False)
+@click.option(
+    "--worker",
+    "worker_url",
+    envvar="TAGGER_WORKER_URL",
+    show_envvar=True,
+    default="http://127.0.0.1:6066",
+    show_default=True,
+    help="Web address of a worker; a worker that does not own the customer "
+    "names the one that does.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def explain(customer: str, tag: str | None, worker_url: str, as_json: bool) -> None:
+    """Explain why a customer holds (or not) each tag, from the worker's state."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"tag": tag} if tag else {})
+    for _attempt in range(2):
+        url = f"{worker_url.rstrip('/')}/explain/{urllib.parse.quote(customer, safe='')}"
+        try:
+            with urllib.request.urlopen(url + (f"?{query}" if query else ""), timeout=10) as r:
+                body = orjson.loads(r.read())
+                break
+        except urllib.error.HTTPError as exc:
+            body = orjson.loads(exc.read() or b"{}")
+            if exc.code == 409 and body.get("owner"):
+                worker_url = body["owner"]
+                continue
+            raise click.ClickException(
+                body.get("error", f"the worker answered {exc.code}")
+            ) from exc
+        except urllib.error.URLError as exc:
+            raise click.ClickException(
+                f"cannot reach the worker at {worker_url}: {exc.reason}; "
+                "set --worker or TAGGER_WORKER_URL"
+            ) from exc
+    else:
+        raise click.ClickException(f"no worker owns customer {customer!r}")
+    if as_json:
+        sys.stdout.write(orjson.dumps(body).decode() + "\n")
+        return
+    console.print(body["text"], highlight=False)
+
+
 # -- rules -------------------------------------------------------------------------------
 
 
@@ -393,18 +545,134 @@ def rules() -> None:
 @rules.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def rules_check(file: str) -> None:
-    """Validate a rulebook; print each error with file, line and column."""
+    """Validate a rulebook; print each error with file, line and column, then any warning."""
     from tagger.rules.rulebook import load_rulebook
 
     rulebook = load_rulebook(Path(file))
+    warnings = _rule_warnings(rulebook)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     console.print(
         f"{file}: ok, version {rulebook.version}, {len(rulebook.rules)} rules, "
-        f"currency {rulebook.currency}"
+        f"currency {rulebook.currency}, {len(warnings)} warnings"
     )
 
 
+def _rule_warnings(rulebook: Any) -> list[str]:
+    from tagger.rules.static_checks import check_warnings
+
+    return [str(warning) for warning in check_warnings(rulebook)]
+
+
+@rules.command("test")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option(
+    "--fixtures",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Fixtures file (default: FILE with .tests.yaml in place of .yaml).",
+)
+def rules_test(file: str | None, fixtures: str | None) -> None:
+    """Run a rulebook's declarative fixtures; with no FILE, the default rulebook's."""
+    from tagger.rules.fixtures import fixtures_path_for, run_fixtures
+    from tagger.rules.rulebook import load_rulebook
+
+    rulebook = load_rulebook(Path(file) if file else None)
+    if fixtures is None and file is not None:
+        fixtures = str(fixtures_path_for(file))
+        if not Path(fixtures).exists():
+            raise click.ClickException(
+                f"no fixtures file {fixtures}: write one (see docs/rulebook-guide.md) "
+                "or name it with --fixtures"
+            )
+    report = run_fixtures(rulebook, fixtures)
+    console.print(report.render_text(), highlight=False)
+    if not report.ok:
+        sys.exit(1)
+
+
+@rules.command("preview")
+@click.argument("new_file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--history",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Events to replay: REES46, UCI, Taobao, CDNOW or JSONL.",
+)
+@click.option(
+    "--current",
+    "current_file",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="TAGGER_RULEBOOK_PATH",
+    show_envvar=True,
+    help="The rulebook in use now (default: the packaged default rulebook).",
+)
+@click.option("--format", "fmt", help="Format of --history (default: detected).")
+@click.option(
+    "--end-clock-span",
+    default=3600.0,
+    show_default=True,
+    type=float,
+    help="Seconds past the last event to move the clock to at the end.",
+)
+@click.option(
+    "--diff",
+    "diff_path",
+    type=click.Path(dir_okay=False),
+    help="Write every customer whose tags differ to this JSONL file.",
+)
+def rules_preview(
+    new_file: str,
+    history: str,
+    current_file: str | None,
+    fmt: str | None,
+    end_clock_span: float,
+    diff_path: str | None,
+) -> None:
+    """Replay a history through the current and a new rulebook and show what would change.
+
+    Touches no topic and no Redis key.
+    """
+    from tagger.rules.preview import preview
+    from tagger.rules.rulebook import load_rulebook
+    from tagger.schemas.decode import decode_event
+    from tagger.schemas.events import Event
+    from tagger.streams.formats import ConvertedEvent, read_items
+
+    current = load_rulebook(Path(current_file) if current_file else None)
+    new = load_rulebook(Path(new_file))
+    converted = sorted(
+        (
+            item
+            for item in read_items(history, fmt=fmt, currency=current.currency)
+            if isinstance(item, ConvertedEvent)
+        ),
+        key=lambda item: (item.ts, item.line),
+    )
+    events: list[Event] = []
+    skipped = 0
+    for item in converted:
+        try:
+            decoded = decode_event(item.value, key=None, currency=current.currency)
+        except TaggerError:
+            skipped += 1
+            continue
+        if isinstance(decoded, Event):
+            events.append(decoded)
+    end_clock = events[-1].ts + int(end_clock_span * 1000) if events else None
+    with console.status(f"replaying {len(events)} events through both rulebooks"):
+        report = preview(current, new, events, end_clock=end_clock)
+    console.print(report.render_text(), highlight=False)
+    if skipped:
+        console.print(f"{skipped} invalid events were left out", highlight=False)
+    if diff_path:
+        with open(diff_path, "wb") as out:
+            for row in report.rows():
+                out.write(orjson.dumps(row.to_json()) + b"\n")
+        console.print(f"full diff written to {diff_path}")
+
+
 @rules.command("activate")
-@_common_options
+@_options(_KAFKA, _TOPICS)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def rules_activate(file: str, **options: Any) -> None:
     """Make FILE the rulebook the worker group runs; workers on another version stop consuming."""
@@ -420,6 +688,13 @@ def rules_activate(file: str, **options: Any) -> None:
     if previous is not None and previous.version == rulebook.version:
         console.print(f"version {rulebook.version} is already active for {settings.app_id}")
         return
+    if previous is not None and previous.rulebook_text:
+        from tagger.rules.history import history_gaps
+        from tagger.rules.rulebook import parse_rulebook
+
+        old = parse_rulebook(previous.rulebook_text, file=previous.source or "active rulebook")
+        for gap in history_gaps(old, rulebook):
+            console.print(f"[yellow]note:[/yellow] {gap}", highlight=False)
     activate(settings, Activation.of(rulebook, rulebook_text(file), by="tagger rules activate"))
     console.print(
         f"activated version {rulebook.version} ({file}) for group {settings.app_id}"
@@ -432,7 +707,7 @@ def rules_activate(file: str, **options: Any) -> None:
 
 
 @rules.command("status")
-@_common_options
+@_options(_KAFKA)
 def rules_status(**options: Any) -> None:
     """Show the rulebook version the worker group runs."""
     settings = _settings(**options)
@@ -496,12 +771,18 @@ def rules_status(**options: Any) -> None:
     show_default=True,
     help="Give up when the worker has not caught up after this many seconds.",
 )
+@click.option(
+    "--rulebook",
+    "rulebook_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Rulebook YAML file (default: the packaged one, in CNY); its currency is the data's.",
+)
 def demo(**options: Any) -> None:
     """Run the whole path on an embedded broker and Redis and print a summary."""
     configure_logging("warning", quiet_kafka=True)
-    from tagger.streams.demo import run_demo
+    from tagger.streams.demo import DemoOptions, run_demo
 
-    sys.exit(run_demo(console=console, **options))
+    sys.exit(run_demo(console, DemoOptions(**options)))
 
 
 if __name__ == "__main__":

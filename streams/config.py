@@ -92,6 +92,11 @@ class Settings:
             )
         if self.batch_size < 1:
             raise ConfigError(f"invalid batch size {self.batch_size}: must be 1 or more")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"invalid Redis URL {self.redacted()['redis_url']!r}: set REDIS_URL to "
+                "redis://host:port/db, rediss:// for TLS, or unix:///path/to/socket"
+            )
         if "{" in self.redis_prefix or "}" in self.redis_prefix:
             raise ConfigError(f"invalid Redis prefix {self.redis_prefix!r}: keys carry no braces")
         return self

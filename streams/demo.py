@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from tagger.streams.topics import create_topics
 from tagger.streams.worker_process import WorkerProcess, caught_up_to
 
-__all__ = ["demo_settings", "run_demo", "summarise"]
+__all__ = ["DemoOptions", "demo_settings", "run_demo", "summarise"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,53 +57,50 @@ def demo_settings(namespace: str, bootstrap: str, redis_url: str, data_dir: Path
     ).validated()
 
 
-def run_demo(
-    *,
-    console: Console,
-    data_file: str | None,
-    customers: int,
-    seed: int,
-    end_clock_span: float,
-    namespace: str | None,
-    keep_running: bool,
-    summary_json: str | None,
-    timeout_s: float,
-) -> int:
-    """Run the demo and return the exit code. Ctrl-C stops every part cleanly."""
-    namespace = namespace or f"demo-{int(time.time())}"
-    with contextlib.ExitStack() as stack:
-        try:
-            return _run(
-                stack,
-                console,
-                namespace,
-                data_file,
-                customers,
-                seed,
-                end_clock_span,
-                keep_running,
-                summary_json,
-                timeout_s,
-            )
-        except KeyboardInterrupt:
-            console.print("\ninterrupted: stopping the worker, broker and Redis")
-            return 130
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """What `tagger demo` was asked to do; the CLI options of the same names."""
+
+    data_file: str | None = None
+    customers: int = 300
+    seed: int = 7
+    end_clock_span: float = 3600.0
+    namespace: str | None = None
+    keep_running: bool = False
+    summary_json: str | None = None
+    timeout_s: float = 600.0
+    rulebook_path: str | None = None
 
 
-def _run(
-    stack: contextlib.ExitStack,
-    console: Console,
-    namespace: str,
-    data_file: str | None,
-    customers: int,
-    seed: int,
-    end_clock_span: float,
-    keep_running: bool,
-    summary_json: str | None,
-    timeout_s: float,
-) -> int:
+def run_demo(console: Console, options: DemoOptions) -> int:
+    """Run the demo and return the exit code.
+
+    Ctrl-C, SIGTERM and SIGHUP all stop the worker, the broker and Redis;
+    the worker also stops by itself if this process dies.
+    """
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                return _run(stack, console, options)
+            except KeyboardInterrupt:
+                console.print("\ninterrupted: stopping the worker, broker and Redis")
+                return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _start_services(stack: contextlib.ExitStack, console: Console) -> tuple[str, str, bool]:
+    """Return the bootstrap servers, the Redis URL, and whether either is the user's own."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    external = False
     if bootstrap:
+        external = True
         console.print(f"Kafka: {bootstrap} (from KAFKA_BOOTSTRAP_SERVERS)")
     else:
         broker = stack.enter_context(EmbeddedBroker())
@@ -109,15 +108,31 @@ def _run(
         console.print(f"Kafka: embedded broker at {bootstrap} (memory only)")
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
+        external = True
         console.print(f"Redis: {_mask(redis_url)} (from REDIS_URL)")
     else:
         server = stack.enter_context(EmbeddedRedis())
         redis_url = server.url
         console.print(f"Redis: embedded redis-server at {redis_url}")
+    return bootstrap, redis_url, external
 
+
+def _run(stack: contextlib.ExitStack, console: Console, options: DemoOptions) -> int:
+    namespace = options.namespace or f"demo-{int(time.time())}"
+    bootstrap, redis_url, external = _start_services(stack, console)
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tagger-demo-")))
     settings = demo_settings(namespace, bootstrap, redis_url, workdir / "data")
+    if options.rulebook_path:
+        settings = settings.with_changes(rulebook_path=options.rulebook_path)
     rulebook = load_rulebook(settings.rulebook_path)
+    console.print(
+        f"topics and Redis keys start with {namespace}"
+        + ("; they stay after the demo, delete them when done" if external else "")
+    )
+    console.print(
+        f"rulebook {rulebook.version}: amounts are read as {rulebook.currency}"
+        + (" (use --rulebook for another currency)" if options.data_file else "")
+    )
     create_topics(settings)
 
     worker = WorkerProcess(settings, workdir / "worker.log")
@@ -129,21 +144,22 @@ def _run(
     with console.status("waiting for the worker to join its consumer group"):
         worker.wait_for(
             lambda status: len(status.get("partitions", {})) == settings.partitions,
-            timeout_s=timeout_s,
+            timeout_s=options.timeout_s,
             what="all partitions assigned",
         )
 
-    span_ms = int(end_clock_span * 1000)
-    report = _replay(settings, rulebook, data_file, customers, seed, span_ms)
-    rate = report.events / report.elapsed_s if report.elapsed_s else 0.0
+    span_ms = int(options.end_clock_span * 1000)
+    report = _replay(settings, rulebook, options, span_ms)
+    dead = sum(report.dead_letters.values())
     console.print(
-        f"replayed {report.events} events ({rate:,.0f} events/s), "
-        f"{sum(report.dead_letters.values())} dead letters"
+        f"sent {report.events} events in {report.elapsed_s:.1f} s, "
+        f"{_plural(dead, 'dead letter')}"
         + "".join(f", {reason}: {n}" for reason, n in sorted(report.dead_letters.items()))
     )
     console.print(
         f"end clock: {_iso(report.end_clock)} "
-        f"({end_clock_span / 3600:g} h after the last event, so tags due just after it appear)"
+        f"({options.end_clock_span / 3600:g} h after the last event, "
+        "so tags due just after it appear)"
     )
 
     started = time.monotonic()
@@ -152,44 +168,42 @@ def _run(
             lambda status: caught_up_to(
                 status, end_clock=report.end_clock, partitions=settings.partitions
             ),
-            timeout_s=timeout_s,
+            timeout_s=options.timeout_s,
             what="caught up to the end clock",
         )
     caught_up_s = time.monotonic() - started
     total_s = report.elapsed_s + caught_up_s
     console.print(
-        f"worker caught up {caught_up_s:.1f} s after the replay ended "
-        f"({report.events / total_s:,.0f} events/s end to end)"
+        f"the worker tagged every event {caught_up_s:.1f} s after the last was sent: "
+        f"{report.events / total_s:,.0f} events/s from the first sent to the last "
+        "tag change in Redis"
     )
 
     summary = summarise(settings, rulebook)
     summary["events"] = report.events
     summary["dead_letters"] = dict(report.dead_letters)
     summary["events_per_second"] = round(report.events / total_s, 1) if total_s else None
-    _print_summary(console, settings, summary)
-    if summary_json:
-        Path(summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    _print_summary(console, summary)
+    if options.summary_json:
+        Path(options.summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
-    if keep_running:
+    if options.keep_running:
         _print_try_commands(console, settings, summary)
         while True:
             time.sleep(1)
     return 0
 
 
-def _replay(
-    settings: Settings,
-    rulebook: Rulebook,
-    data_file: str | None,
-    customers: int,
-    seed: int,
-    span_ms: int,
-) -> Any:
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _replay(settings: Settings, rulebook: Rulebook, options: DemoOptions, span_ms: int) -> Any:
     from tagger.streams.replay import replay_events, replay_file
 
-    if data_file is not None:
+    if options.data_file is not None:
         return replay_file(
-            data_file,
+            options.data_file,
             settings,
             currency=rulebook.currency,
             end_clock="auto",
@@ -198,7 +212,7 @@ def _replay(
         )
     from tagger.streams.simulator import simulate
 
-    events = simulate(seed=seed, customers=customers, currency=rulebook.currency)
+    events = simulate(seed=options.seed, customers=options.customers, currency=rulebook.currency)
     return replay_events(
         events, settings, end_clock="auto", end_clock_span_ms=span_ms, progress=True
     )
@@ -283,7 +297,7 @@ def _example_changes(settings: Settings) -> list[dict[str, Any]]:
         consumer.close()
 
 
-def _print_summary(console: Console, settings: Settings, summary: dict[str, Any]) -> None:
+def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(
         title=f"customers per tag ({summary['customers_with_tags']} customers hold a tag)"
     )
@@ -324,31 +338,33 @@ def _print_summary(console: Console, settings: Settings, summary: dict[str, Any]
             highlight=False,
         )
 
-    prefix = settings.redis_prefix
-    example = summary["examples"][0]["customer_id"] if summary["examples"] else "<customer_id>"
-    console.print("where to look in Redis:")
-    console.print(
-        f"  HGETALL {prefix}customer:{example}      current tags of a customer", highlight=False
-    )
-    console.print(
-        f"  ZREVRANGE {prefix}tag:vip 0 9 WITHSCORES  members of a tag, newest first",
-        highlight=False,
-    )
-    console.print(f"  HGETALL {prefix}rulebook              labels in zh and en", highlight=False)
-
 
 def _print_try_commands(console: Console, settings: Settings, summary: dict[str, Any]) -> None:
-    example = summary["examples"][0]["customer_id"] if summary["examples"] else "<customer_id>"
-    env = (
-        f"export KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
-        f"REDIS_URL={settings.redis_url} TAGGER_REDIS_PREFIX={settings.redis_prefix} "
-        f"TAGGER_TAG_CHANGE_TOPIC={settings.tag_change_topic}"
-    )
+    examples = summary["examples"]
+    customer = examples[0]["customer_id"] if examples else "<customer_id>"
+    held = [row["tag"] for row in summary["tags"] if row["customers"]]
+    tag = "hesitant" if "hesitant" in held else (held[0] if held else "<tag>")
+    prefix = settings.redis_prefix
     console.print("running until Ctrl-C; in another terminal, with the same virtualenv:")
-    console.print(f"  {env}", highlight=False, soft_wrap=True)
-    console.print(f"  tagger tags {example}", highlight=False)
-    console.print("  tagger members hesitant", highlight=False)
+    console.print(
+        f"  export KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
+        f"REDIS_URL={settings.redis_url} TAGGER_REDIS_PREFIX={prefix} "
+        f"TAGGER_TAG_CHANGE_TOPIC={settings.tag_change_topic}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"  tagger tags {customer}", highlight=False)
+    console.print(f"  tagger members {tag}", highlight=False)
     console.print("  tagger tail --from-beginning --max 5", highlight=False)
+    console.print(
+        f"  tagger explain {customer} --worker http://127.0.0.1:{settings.web_port}",
+        highlight=False,
+    )
+    console.print("or read Redis directly:", highlight=False)
+    cli = f"redis-cli -u {settings.redis_url}"
+    console.print(f"  {cli} HGETALL {prefix}customer:{customer}", highlight=False)
+    console.print(f"  {cli} ZREVRANGE {prefix}tag:{tag} 0 9 WITHSCORES", highlight=False)
+    console.print(f"  {cli} HGETALL {prefix}rulebook", highlight=False)
 
 
 def _iso(epoch_ms: int | None) -> str:

@@ -26,7 +26,13 @@ from kafka.admin import KafkaAdminClient
 
 from tagger.errors import TaggerError
 
-__all__ = ["EmbeddedBroker", "EmbeddedRedis", "EmbeddedServiceError", "free_port"]
+__all__ = [
+    "EmbeddedBroker",
+    "EmbeddedRedis",
+    "EmbeddedServiceError",
+    "die_with_parent_hook",
+    "free_port",
+]
 
 LOOPBACK = "127.0.0.1"
 BROKER_CLUSTER_ID = "tansu-embedded"
@@ -167,7 +173,7 @@ class _ChildProcess:
             stdout=self._output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent_hook(),  # noqa: PLW1509 - only calls prctl
+            preexec_fn=die_with_parent_hook(),  # noqa: PLW1509 - only calls prctl
         )
 
     def _wait_until_ready(self, port: int) -> None:
@@ -222,8 +228,8 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """Return a preexec_fn that makes the child receive SIGKILL when the parent dies.
+def die_with_parent_hook(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] | None:
+    """Return a preexec_fn that makes the child receive `sig` when the parent dies.
 
     Linux sends the signal when the *thread* that forked the child exits, so
     the hook is used only from the main thread, whose exit is the process's.
@@ -238,7 +244,7 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
         return None
 
     def hook() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
 
     return hook
 

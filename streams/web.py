@@ -1,13 +1,17 @@
-"""The worker's own read-only web views: /healthz, /readyz and /status."""
+"""The worker's own read-only web views: /healthz, /readyz, /status and /explain."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tagger.rules.explain import explain, explanation_to_json, render_text
+from tagger.rules.state import decode_state
+from tagger.streams.partitioning import partition_for
+
 if TYPE_CHECKING:
     from tagger.streams.app import TaggerRuntime
 
-__all__ = ["readiness", "register_views", "status"]
+__all__ = ["explain_customer", "readiness", "register_views", "status"]
 
 
 def register_views(runtime: TaggerRuntime) -> None:
@@ -23,9 +27,54 @@ def register_views(runtime: TaggerRuntime) -> None:
         ready, reasons = readiness(runtime)
         return self.json({"ready": ready, "reasons": reasons}, status=200 if ready else 503)
 
+    @app.page("/explain/{customer}")
+    async def explain_view(self: Any, request: Any, customer: str) -> Any:
+        status, body = explain_customer(runtime, customer, request.query.get("tag"))
+        return self.json(body, status=status)
+
     @app.page("/status")
     async def status_view(self: Any, request: Any) -> Any:
         return self.json(status(runtime))
+
+
+def explain_customer(
+    runtime: TaggerRuntime, customer: str, tag: str | None
+) -> tuple[int, dict[str, Any]]:
+    """Return the HTTP status and body of an explanation of one customer's tags.
+
+    Only the worker that owns the customer's partition holds its state; any
+    other answers 409 with the owner's web address, for `tagger explain`.
+    """
+    processor = runtime.processor
+    key = customer.encode()
+    partition = partition_for(key, runtime.settings.partitions)
+    partition_state = processor.assigned.get(partition)
+    if partition_state is None or not partition_state.index_ready:
+        try:
+            owner = str(runtime.app.router.key_store("customers", key))
+        except Exception:
+            owner = None
+        return 409, {
+            "error": f"this worker does not own partition {partition} of customer {customer!r}",
+            "owner": owner,
+        }
+    raw = processor.customers.get(key)
+    if raw is None:
+        return 404, {"error": f"customer {customer!r} not found"}
+    state = decode_state(raw)
+    try:
+        explanations = explain(
+            runtime.rulebook, state, clock=partition_state.clock, tag=tag or None
+        )
+    except ValueError as exc:
+        return 400, {"error": str(exc)}
+    return 200, {
+        "customer_id": customer,
+        "clock": partition_state.clock,
+        "rulebook_version": runtime.rulebook.version,
+        "explanations": [explanation_to_json(item) for item in explanations],
+        "text": render_text(explanations),
+    }
 
 
 def readiness(runtime: TaggerRuntime) -> tuple[bool, list[str]]:

@@ -22,6 +22,7 @@ import structlog
 
 from tagger.errors import TaggerError
 from tagger.streams.config import Settings
+from tagger.streams.embedded import die_with_parent_hook
 
 __all__ = ["WorkerProcess", "WorkerProcessError", "caught_up_to"]
 
@@ -62,6 +63,8 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            # A worker whose parent (the demo, a test) dies stops cleanly.
+            preexec_fn=die_with_parent_hook(signal.SIGTERM),  # noqa: PLW1509 - only calls prctl
         )
         log.info("worker process started", pid=self._process.pid, log=str(self.log_path))
         return self

@@ -14,21 +14,26 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 __all__ = [
+    "CdnowFacts",
     "Tags",
+    "cdnow_facts",
     "hesitant_customers",
     "rees46_cart_facts",
+    "reference_cdnow",
     "reference_events",
     "reference_rees46",
+    "reference_taobao",
     "reference_uci",
     "sample_data_dir",
     "tags_at",
+    "taobao_cart_then_buy",
     "uci_facts",
 ]
 
@@ -54,6 +59,10 @@ REES46_TYPES = {
     "remove_from_cart": "remove_from_cart",
     "purchase": "purchase",
 }
+# A Taobao favourite replays as a view of the item. A buy is worth a nominal
+# 1.00, because the data has no prices.
+TAOBAO_TYPES = {"pv": "page_view", "fav": "page_view", "cart": "add_to_cart", "buy": "purchase"}
+TAOBAO_NOMINAL = 100
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,16 @@ def reference_rees46(path: Path, end_clock_ms: int) -> Tags:
 def reference_uci(path: Path, end_clock_ms: int) -> Tags:
     """Return every UCI Online Retail customer's final tags at `end_clock_ms`."""
     return _tags_of_all(_uci_events(path), end_clock_ms)
+
+
+def reference_taobao(path: Path, end_clock_ms: int) -> Tags:
+    """Return every Taobao UserBehavior user's final tags at `end_clock_ms`."""
+    return _tags_of_all(_taobao_events(path), end_clock_ms)
+
+
+def reference_cdnow(path: Path, end_clock_ms: int) -> Tags:
+    """Return every CDNOW customer's final tags at `end_clock_ms`."""
+    return _tags_of_all(_cdnow_events(path), end_clock_ms)
 
 
 def reference_events(events: Iterable[Mapping[str, Any]], end_clock_ms: int) -> Tags:
@@ -137,6 +156,55 @@ def uci_facts(path: Path) -> tuple[int, int, int]:
     invoices = {row["InvoiceNo"] for row in rows}
     cancellations = sum(1 for row in rows if row["InvoiceNo"].startswith("C"))
     return len(customers), len(invoices), cancellations
+
+
+def taobao_cart_then_buy(path: Path, min_gap_ms: int) -> dict[str, tuple[int, int]]:
+    """Return users whose first cart was followed by a buy `min_gap_ms` or later.
+
+    Only users with no buy before that first cart, and no other buy in
+    between, are returned, as user → (cart time, buy time) in epoch ms.
+    """
+    by_user: dict[str, list[Ev]] = defaultdict(list)
+    for event in sorted(_taobao_events(path), key=lambda e: (e.ts, e.order)):
+        by_user[event.customer].append(event)
+
+    found = {}
+    for user, events in by_user.items():
+        carts = [event.ts for event in events if event.type == "add_to_cart"]
+        if not carts:
+            continue
+        first_cart = carts[0]
+        if any(e.type == "purchase" and e.ts < first_cart for e in events):
+            continue
+        buys = [e.ts for e in events if e.type == "purchase" and e.ts >= first_cart]
+        if buys and buys[0] - first_cart >= min_gap_ms:
+            found[user] = (first_cart, buys[0])
+    return found
+
+
+class CdnowFacts(NamedTuple):
+    """Counts of the CDNOW file, over every row, zero-dollar rows included."""
+
+    customers: int
+    zero_dollar_rows: int
+    zero_dollar_only_customers: int  # customers whose every row is worth 0
+    last_row_90_days_old: int  # customers whose last row is 90 or more days before the end
+
+
+def cdnow_facts(path: Path, end_day: str) -> CdnowFacts:
+    """Return the CDNOW file's counts; `end_day` (YYYYMMDD) is the day the data ends."""
+    end = _day(end_day)
+    last_row: dict[str, str] = {}
+    paying: set[str] = set()
+    zero_rows = 0
+    for _, customer, day, _, dollars in _cdnow_rows(path):
+        last_row[customer] = max(last_row.get(customer, day), day)
+        if Decimal(dollars) == 0:
+            zero_rows += 1
+        else:
+            paying.add(customer)
+    old = sum(1 for day in last_row.values() if (end - _day(day)).days >= 90)
+    return CdnowFacts(len(last_row), zero_rows, len(last_row) - len(paying), old)
 
 
 def tags_at(history: list[Ev], clock: int) -> set[str]:
@@ -346,6 +414,62 @@ def _uci_events(path: Path) -> list[Ev]:
             )
         )
     return events
+
+
+def _taobao_events(path: Path) -> list[Ev]:
+    events = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            user, item, category, behavior, seconds = row
+            kind = TAOBAO_TYPES[behavior]
+            events.append(
+                Ev(
+                    ts=int(seconds) * 1000,
+                    order=line,
+                    customer=user,
+                    type=kind,
+                    category=f"taobao.{category}",
+                    product=item,
+                    amount=TAOBAO_NOMINAL if kind == "purchase" else 0,
+                )
+            )
+    return events
+
+
+def _cdnow_events(path: Path) -> list[Ev]:
+    events = []
+    for line, customer, day, _, dollars in _cdnow_rows(path):
+        cents = _cents(dollars)
+        if cents == 0:
+            continue
+        moment = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC)
+        events.append(
+            Ev(
+                ts=int(moment.timestamp()) * 1000,
+                order=line,
+                customer=customer,
+                type="purchase",
+                amount=cents,
+            )
+        )
+    return events
+
+
+def _cdnow_rows(path: Path) -> list[tuple[int, str, str, str, str]]:
+    """Return (line, customer, YYYYMMDD, cds, dollars) per row, after the header."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            fields = text.split()
+            if line == 1 and fields[0] == "customer_id":
+                continue
+            customer, day, cds, dollars = fields
+            rows.append((line, customer, day, cds, dollars))
+    return rows
+
+
+def _day(text: str) -> date:
+    return date(int(text[:4]), int(text[4:6]), int(text[6:]))
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:

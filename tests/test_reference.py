@@ -12,20 +12,29 @@ import pytest
 from reference import (
     DAY,
     MINUTE,
+    Tags,
+    cdnow_facts,
     hesitant_customers,
     rees46_cart_facts,
+    reference_cdnow,
     reference_events,
     reference_rees46,
+    reference_taobao,
     reference_uci,
     sample_data_dir,
+    taobao_cart_then_buy,
     uci_facts,
 )
 
 REES46 = "rees46_multicat_2019-10_head.csv"
 UCI = "online_retail_customers_sample.csv"
+TAOBAO = "taobao_userbehavior_tail10k.csv"
+CDNOW = "cdnow_master.txt"
 # Last event time of each sample, epoch ms.
 REES46_LAST_TS = 1569898200000  # 2019-10-01T02:50:00Z
 UCI_LAST_TS = 1323435000000  # 2011-12-09T12:50:00Z
+TAOBAO_LAST_TS = 1512316768000  # 2017-12-03T15:59:28Z
+CDNOW_LAST_TS = 899164800000  # 1998-06-30T00:00:00Z
 T0 = 1_700_000_000_000
 
 
@@ -113,6 +122,114 @@ def test_uci_dormant_count() -> None:
 
     # The data's description: 131 customers bought last 90 or more days before the end.
     assert len(dormant) == 131
+
+
+@pytest.fixture(scope="module")
+def cdnow_tags() -> Tags:
+    """The CDNOW reference an hour past the data: about 4 s, so computed once."""
+    return reference_cdnow(data_file(CDNOW), CDNOW_LAST_TS + 60 * MINUTE)
+
+
+@pytest.mark.data
+def test_taobao_every_user_tagged() -> None:
+    tags = reference_taobao(data_file(TAOBAO), TAOBAO_LAST_TS + 60 * MINUTE)
+
+    assert len(tags) == 114
+
+
+@pytest.mark.data
+def test_taobao_hesitant_count() -> None:
+    tags = reference_taobao(data_file(TAOBAO), TAOBAO_LAST_TS + 60 * MINUTE)
+
+    # The data's description: 61 of the 81 carting users bought nothing after their last cart.
+    assert len(hesitant_customers(tags)) == 61
+
+
+@pytest.mark.data
+def test_taobao_cart_then_buy_days_later() -> None:
+    found = taobao_cart_then_buy(data_file(TAOBAO), 2 * DAY)
+
+    assert found
+
+
+@pytest.mark.data
+def test_taobao_hesitant_cleared_by_late_buy(tmp_path: Path) -> None:
+    path = data_file(TAOBAO)
+    user, (cart_at, bought_at) = sorted(taobao_cart_then_buy(path, 2 * DAY).items())[0]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [row.split(",") for row in lines if row.split(",")[0] == user]
+    before = tmp_path / "before.csv"
+    before.write_text(
+        "".join(",".join(r) + "\n" for r in rows if int(r[4]) * 1000 < bought_at),
+        encoding="utf-8",
+    )
+    until = tmp_path / "until.csv"
+    until.write_text(
+        "".join(",".join(r) + "\n" for r in rows if int(r[4]) * 1000 <= bought_at),
+        encoding="utf-8",
+    )
+
+    held_before = reference_taobao(before, bought_at - 1)[user]
+    held_at = reference_taobao(until, bought_at)[user]
+
+    assert held_before["hesitant"] == cart_at + 30 * MINUTE
+    assert "hesitant" not in held_at
+
+
+@pytest.mark.data
+def test_cdnow_facts() -> None:
+    facts = cdnow_facts(data_file(CDNOW), "19980630")
+
+    assert facts.customers == 23_570
+    assert facts.zero_dollar_rows == 80
+    # The data's description counts every row: 20,269 last bought 90 or more days before the end.
+    assert facts.last_row_90_days_old == 20_269
+
+
+@pytest.mark.data
+def test_cdnow_dormant_count(cdnow_tags: Tags) -> None:
+    facts = cdnow_facts(data_file(CDNOW), "19980630")
+    dormant = [customer for customer, held in cdnow_tags.items() if "dormant" in held]
+
+    # Zero-dollar rows are no purchase, so customers with only those hold no tag at all.
+    assert len(dormant) == facts.last_row_90_days_old - facts.zero_dollar_only_customers
+    assert len(cdnow_tags) == facts.customers - facts.zero_dollar_only_customers
+
+
+def test_taobao_fav_counts_as_view(tmp_path: Path) -> None:
+    path = tmp_path / "taobao.csv"
+    path.write_text(
+        "1,10,7,pv,1511848894\n1,11,7,fav,1511848895\n1,12,7,fav,1511848896\n",
+        encoding="utf-8",
+    )
+
+    held = reference_taobao(path, 1511848896000)["1"]
+
+    assert held["browsing_interest:taobao.7"] == 1511848896000
+
+
+def test_taobao_buy_is_nominal(tmp_path: Path) -> None:
+    path = tmp_path / "taobao.csv"
+    path.write_text("1,10,7,buy,1511848894\n", encoding="utf-8")
+
+    held = reference_taobao(path, 1511848894000)["1"]
+
+    assert held["low_value"] == 1511848894000
+
+
+def test_cdnow_row_at_midnight_utc(tmp_path: Path) -> None:
+    path = tmp_path / "cdnow.txt"
+    path.write_text(
+        " customer_id  date number_of_cds  dollar_value\r\n 00007 19970301  2   0.00\r\n"
+        " 00007 19970302  2   1200.00\r\n",
+        encoding="utf-8",
+    )
+    midnight = 857260800000  # 1997-03-02T00:00:00Z
+
+    held = reference_cdnow(path, midnight + 100 * DAY)["00007"]
+
+    assert held["dormant"] == midnight + 90 * DAY
+    assert held["medium_value"] == midnight
 
 
 # Boundaries of the default tags ----------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of the file readers: REES46, UCI Online Retail and JSON Lines into events and bad rows."""
+"""Tests of the file readers: REES46, UCI, JSON Lines, Taobao and CDNOW into events and bad rows."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ REES46_HEADER = (
     "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session"
 )
 UCI_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
+CDNOW_HEADER = " customer_id  date number_of_cds  dollar_value"
 
 
 def write(tmp_path: Path, name: str, *lines: str) -> Path:
@@ -70,9 +71,42 @@ def test_detect_jsonl(tmp_path: Path) -> None:
 
 
 def test_detect_unknown_names_formats(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.csv", "user,item,category,behavior,time")
+
+    with pytest.raises(ConfigError, match="rees46, uci, jsonl, taobao, cdnow"):
+        detect_format(path)
+
+
+def test_detect_taobao(tmp_path: Path) -> None:
     path = write(tmp_path, "a.csv", "999477,2200475,3607361,pv,1511848894")
 
-    with pytest.raises(ConfigError, match="rees46, uci, jsonl"):
+    assert detect_format(path) == "taobao"
+
+
+def test_detect_taobao_needs_known_behavior(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.csv", "999477,2200475,3607361,like,1511848894")
+
+    with pytest.raises(ConfigError, match="cannot detect"):
+        detect_format(path)
+
+
+def test_detect_cdnow_header(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(CDNOW_HEADER.encode() + b"\r\n")
+
+    assert detect_format(path) == "cdnow"
+
+
+def test_detect_cdnow_without_header(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.txt", " 00001 19970101  1   11.77")
+
+    assert detect_format(path) == "cdnow"
+
+
+def test_detect_cdnow_needs_eight_digit_date(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.txt", " 00001 970101  1   11.77")
+
+    with pytest.raises(ConfigError, match="cannot detect"):
         detect_format(path)
 
 
@@ -86,8 +120,8 @@ def test_explicit_format_checks_header(tmp_path: Path) -> None:
 def test_unknown_format_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "a.csv", UCI_HEADER)
 
-    with pytest.raises(ConfigError, match="unknown format 'taobao'"):
-        read_items(path, fmt="taobao", currency="CNY")
+    with pytest.raises(ConfigError, match="unknown format 'parquet'"):
+        read_items(path, fmt="parquet", currency="CNY")
 
 
 def test_unknown_currency_rejected(tmp_path: Path) -> None:
@@ -420,6 +454,184 @@ def test_uci_quoted_newline_keeps_line_numbers(tmp_path: Path) -> None:
     assert lines == [2, 4]
 
 
+# Taobao UserBehavior ---------------------------------------------------------
+
+
+def test_taobao_maps_behaviors(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "t.csv",
+        "1,10,7,pv,1511848894",
+        "1,10,7,fav,1511848895",
+        "1,10,7,cart,1511848896",
+        "1,10,7,buy,1511848897",
+    )
+
+    types = [event.type for event in events(list(read_items(path, currency="CNY")))]
+
+    assert types == ["page_view", "page_view", "add_to_cart", "purchase"]
+
+
+def test_taobao_view_fields(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "999477,2200475,3607361,pv,1511848894")
+
+    [event] = events(list(read_items(path, currency="CNY")))
+
+    assert event.event() == {
+        "event_id": f"taobao:{digest(path)}:1",
+        "customer_id": "999477",
+        "type": "page_view",
+        "ts": 1511848894000,
+        "product_id": "2200475",
+        "category": "taobao.3607361",
+    }
+    assert event.customer_id == "999477"
+    assert event.ts == 1511848894000
+
+
+def test_taobao_buy_is_nominal_purchase(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "999477,2200475,3607361,buy,1511848894")
+
+    [event] = events(list(read_items(path, currency="CNY")))
+    fields = event.event()
+
+    assert fields["amount"] == "1.00"
+    assert fields["currency"] == "CNY"
+    assert fields["order_id"] == "999477:2200475:1511848894000"
+
+
+def test_taobao_nominal_in_currency_units(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "999477,2200475,3607361,buy,1511848894")
+
+    [event] = events(list(read_items(path, currency="JPY")))
+
+    assert event.event()["amount"] == "1"
+
+
+def test_taobao_empty_category_left_out(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "1,10,,pv,1511848894")
+
+    [event] = events(list(read_items(path, fmt="taobao", currency="CNY")))
+
+    assert "category" not in event.event()
+
+
+@pytest.mark.parametrize(
+    ("row", "detail"),
+    [
+        ("1,10,7,like,1511848894", "unknown behavior_type 'like'"),
+        ("1,10,7,pv,2017-11-28", "invalid timestamp '2017-11-28'"),
+        ("1,10,7,pv,1511848894000", "outside the years 1990 to 2099"),
+        ("1,10,7,pv,0", "outside the years 1990 to 2099"),
+        ("1,10,7,pv," + "9" * 5000, "invalid timestamp"),
+        ("1,10,books,pv,1511848894", "invalid category_id 'books'"),
+        (",10,7,pv,1511848894", "missing user_id"),
+        ("1,,7,pv,1511848894", "missing item_id"),
+    ],
+)
+def test_taobao_unconvertible_rows(tmp_path: Path, row: str, detail: str) -> None:
+    path = write(tmp_path, "t.csv", "1,10,7,pv,1511848894", row)
+
+    [bad] = bad_rows(list(read_items(path, fmt="taobao", currency="CNY")))
+
+    assert bad.reason == UNCONVERTIBLE_ROW
+    assert detail in bad.detail
+    assert bad.line == 2
+
+
+def test_taobao_wrong_field_count(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.csv", "1,10,7,pv,1511848894", "1,10,7,pv")
+
+    [bad] = bad_rows(list(read_items(path, currency="CNY")))
+
+    assert bad.reason == WRONG_FIELD_COUNT
+    assert bad.detail == "expected 5 fields, found 4"
+
+
+# CDNOW -----------------------------------------------------------------------
+
+
+def test_cdnow_purchase_fields(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_bytes(CDNOW_HEADER.encode() + b"\r\n 00002 19970112  5   77.00\r\n")
+
+    [event] = events(list(read_items(path, currency="USD")))
+
+    assert event.event() == {
+        "event_id": f"cdnow:{digest(path)}:2",
+        "customer_id": "00002",
+        "type": "purchase",
+        "ts": 853027200000,
+        "order_id": "00002:19970112:2",
+        "amount": "77.00",
+        "currency": "USD",
+        "quantity": 5,
+    }
+    assert event.line == 2
+
+
+def test_cdnow_without_header(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.txt", " 00001 19970101  1   11.77")
+
+    [event] = events(list(read_items(path, currency="USD")))
+
+    assert event.line == 1
+    assert event.ts == 852076800000
+
+
+def test_cdnow_same_day_rows_stay_separate(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "c.txt", CDNOW_HEADER, " 00002 19970112  1   12.00", " 00002 19970112  5   77.00"
+    )
+
+    orders = [event.event()["order_id"] for event in events(list(read_items(path, currency="USD")))]
+
+    assert orders == ["00002:19970112:2", "00002:19970112:3"]
+
+
+@pytest.mark.parametrize(
+    ("row", "detail"),
+    [
+        (" 00455 19970102  1    0.00", "purchase with dollar_value 0.00"),
+        (" 00455 19970102  1   -5.00", "purchase with dollar_value -5.00"),
+        (" 00455 19970102  1   1.005", "more than 2 decimals"),
+        (" 00455 19970102  1   ten", "dollar_value"),
+        (" 00455 19970230  1   5.00", "invalid date '19970230': no such day"),
+        (" 00455 1997-01-02  1   5.00", "invalid date '1997-01-02'"),
+        (" 00455 19700102  1   5.00", "outside the years 1990 to 2099"),
+        (" 00455 19970102  0   5.00", "invalid number_of_cds '0'"),
+        (" 00455 19970102  x   5.00", "invalid number_of_cds 'x'"),
+        (" 00455 19970102  " + "9" * 5000 + " 5.00", "invalid number_of_cds"),
+    ],
+)
+def test_cdnow_unconvertible_rows(tmp_path: Path, row: str, detail: str) -> None:
+    path = write(tmp_path, "c.txt", CDNOW_HEADER, row)
+
+    [bad] = bad_rows(list(read_items(path, currency="USD")))
+
+    assert bad.reason == UNCONVERTIBLE_ROW
+    assert detail in bad.detail
+    assert bad.line == 2
+    assert bad.raw == row.encode()
+
+
+def test_cdnow_wrong_field_count(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.txt", CDNOW_HEADER, " 00455 19970102  1")
+
+    [bad] = bad_rows(list(read_items(path, currency="USD")))
+
+    assert bad.reason == WRONG_FIELD_COUNT
+    assert bad.detail == "expected 4 fields, found 3"
+
+
+def test_cdnow_header_only_on_line_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.txt", " 00001 19970101  1   11.77", CDNOW_HEADER)
+
+    [bad] = bad_rows(list(read_items(path, currency="USD")))
+
+    assert bad.line == 2
+
+
 # JSON Lines ----------------------------------------------------------------
 
 
@@ -522,5 +734,41 @@ def test_uci_sample_amounts_exact(sample_data: Path) -> None:
     for event in events(list(read_items(path, currency="GBP"))):
         amount = Decimal(event.event()["amount"])
         total += -amount if event.type == "refund" else amount
+
+    assert total == expected
+
+
+@pytest.mark.data
+def test_taobao_sample(sample_data: Path) -> None:
+    items = list(read_items(sample_data / "taobao_userbehavior_tail10k.csv", currency="CNY"))
+    types = Counter(event.type for event in events(items))
+    users = {event.customer_id for event in events(items)}
+
+    assert bad_rows(items) == []
+    # 9,046 views and 212 favourites, which replay as views.
+    assert types == {"page_view": 9258, "add_to_cart": 536, "purchase": 206}
+    assert len(users) == 114
+
+
+@pytest.mark.data
+def test_cdnow_sample(sample_data: Path) -> None:
+    items = list(read_items(sample_data / "cdnow_master.txt", currency="USD"))
+    bad = bad_rows(items)
+    converted = events(items)
+
+    assert len(converted) == 69_579
+    assert len(bad) == 80
+    assert {row.reason for row in bad} == {UNCONVERTIBLE_ROW}
+    assert all(row.raw.endswith(b" 0.00") for row in bad)
+
+
+@pytest.mark.data
+def test_cdnow_sample_amounts_exact(sample_data: Path) -> None:
+    path = sample_data / "cdnow_master.txt"
+    rows = path.read_text(encoding="utf-8").splitlines()[1:]
+    expected = sum(Decimal(row.split()[3]) for row in rows)
+
+    converted = events(list(read_items(path, currency="USD")))
+    total = sum(Decimal(event.event()["amount"]) for event in converted)
 
     assert total == expected
