@@ -140,7 +140,10 @@ def encode_state(state: CustomerState) -> bytes:
     for key, value in optional.items():
         if value:
             data[key] = value
-    return orjson.dumps(data)
+    # orjson 3.13 returns bytes objects that keep about 4 KiB allocated
+    # whatever their length; tables keep one per customer, so copy it to
+    # its own size.
+    return bytes(memoryview(orjson.dumps(data)))
 
 
 def decode_state(raw: bytes) -> CustomerState:

@@ -45,10 +45,12 @@ REPLAY_REASONS: Final[tuple[str, ...]] = (
 
 # Reasons the worker adds for valid-looking records it still cannot apply:
 # a record on the repartition topic in the wrong partition (its partition
-# count differs from the tables'), and an unexpected error while applying it.
+# count differs from the tables'), an unexpected error while applying it,
+# and an event stamped more than a day after the worker's wall clock.
 WORKER_REASONS: Final[tuple[str, ...]] = (
     "misrouted",
     "processing_error",
+    "timestamp_in_future",
 )
 
 # Every reason a dead-letter record may carry. dead_letter.json lists the same values.

@@ -164,6 +164,7 @@ def build_app(
         metrics=metrics,
         mirror_submit=None if mirror is None else mirror.submit,
         gate=gate,
+        flush=app.producer.flush,
     )
     runtime = TaggerRuntime(
         app=app,

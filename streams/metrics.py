@@ -61,7 +61,8 @@ class TaggerMetrics:
             ),
             late_events=Counter(
                 "tagger_late_events_total",
-                "Events older than their partition's watermark.",
+                "Events older than their partition's watermark, by the rulebook's late policy.",
+                ["policy"],
                 registry=registry,
             ),
             repartitioned_events=Counter(

@@ -56,6 +56,18 @@ _CHUNK = 500
 # records still in flight.
 _LIVE_IDLE_S = 2.0
 _LIVE_CLOCK_LAG_MS = 1_000
+# A customer whose outbox reaches this many changes inside one batch is
+# published and written at once, which bounds its state (about 700 bytes a
+# change) far below the broker's 1 MiB record limit.
+_OUTBOX_CHECKPOINT = 64
+# Events stamped more than a day after the wall clock are rejected: they
+# would move their partition's clock to the wall time at once, and no
+# producer's clock is that far off.
+_MAX_FUTURE_MS = 24 * 3_600_000
+# Confirmations from Redis wait here until their customer is next loaded;
+# past this many the oldest half is dropped, which only makes those
+# customers' next mirror write a repeat.
+_MAX_PENDING_CONFIRMATIONS = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +102,18 @@ class _BatchWork:
     changes: list[TagChange] = field(default_factory=list)
     sends: list[Awaitable[Any]] = field(default_factory=list)
     clocks_moved: set[int] = field(default_factory=set)
+    # A redelivered record returns its customer's whole outbox; one copy of
+    # each change per batch is enough.
+    queued_ids: set[str] = field(default_factory=set)
+
+    def queue(self, key: bytes, changes: Iterable[TagChange]) -> None:
+        """Add changes to publish at the end of the batch, each change_id once."""
+        for change in changes:
+            if change.change_id in self.queued_ids:
+                continue
+            self.queued_ids.add(change.change_id)
+            self.changes.append(change)
+            self.changed.add(key)
 
 
 class Processor:
@@ -106,6 +130,7 @@ class Processor:
         metrics: TaggerMetrics,
         mirror_submit: Callable[[str, int, dict[str, int]], None] | None = None,
         gate: VersionGate | None = None,
+        flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.rulebook = rulebook
@@ -116,6 +141,7 @@ class Processor:
         self.metrics = metrics
         self.mirror_submit = mirror_submit
         self.gate = gate
+        self.flush = flush if flush is not None else _no_flush
         self.lock = asyncio.Lock()
         self.assigned: dict[int, PartitionState] = {}
         self.mirror_confirmed: dict[str, int] = {}
@@ -125,6 +151,16 @@ class Processor:
         self._partition_keys = {
             p: partition_record_key(p, settings.partitions) for p in range(settings.partitions)
         }
+
+    def confirm_mirrored(self, customer_id: str, seq: int) -> None:
+        """Record that Redis holds the customer's tags up to `seq`, until it is next loaded."""
+        confirmed = self.mirror_confirmed
+        if seq <= confirmed.get(customer_id, 0):
+            return
+        confirmed[customer_id] = seq
+        if len(confirmed) > _MAX_PENDING_CONFIRMATIONS:
+            for stale in list(confirmed)[: len(confirmed) // 2]:
+                del confirmed[stale]
 
     # -- wall time ---------------------------------------------------------
 
@@ -251,9 +287,7 @@ class Processor:
                 self.engine.start_batch(state)
                 changes = self.engine.reevaluate(state, clock=ps.clock, now=wall)
                 work.states.setdefault(p, {})[key] = state
-                if changes:
-                    work.changes.extend(changes)
-                    work.changed.add(key)
+                work.queue(key, changes)
                 customers += 1
                 if customers % _CHUNK == 0:
                     await asyncio.sleep(0)
@@ -316,7 +350,7 @@ class Processor:
             self._reroute(record, key, expected_partition, work)
             return
 
-        self._apply(record, item, key, work)
+        await self._apply(record, item, key, work)
 
     def _handle_clock(self, record: InboundRecord, message: ClockMessage, work: _BatchWork) -> None:
         if record.key is not None:
@@ -355,10 +389,21 @@ class Processor:
         assert record.value is not None  # decode_event rejected empty values
         work.sends.append(self.send(self.settings.repartition_topic, key, record.value))
 
-    def _apply(self, record: InboundRecord, event: Event, key: bytes, work: _BatchWork) -> None:
+    async def _apply(
+        self, record: InboundRecord, event: Event, key: bytes, work: _BatchWork
+    ) -> None:
         p = record.partition
         ps = self._partition(p)
         wall = self.wall_now()
+        if event.ts > wall + _MAX_FUTURE_MS:
+            self._dead_letter(
+                record,
+                "timestamp_in_future",
+                f"ts {event.ts} is more than {_MAX_FUTURE_MS // 3_600_000} h after the "
+                f"wall clock {wall}",
+                work,
+            )
+            return
         ps.clock = max(ps.clock, min(event.ts, wall))
         ps.last_event_monotonic = time.monotonic()
 
@@ -390,10 +435,34 @@ class Processor:
         else:
             self.metrics.events.labels(event.type).inc()
         if outcome.late:
-            self.metrics.late_events.inc()
-        if outcome.changes:
-            work.changes.extend(outcome.changes)
-            work.changed.add(key)
+            self.metrics.late_events.labels(outcome.late_policy or "apply").inc()
+        work.queue(key, outcome.changes)
+        if len(state.outbox) >= _OUTBOX_CHECKPOINT:
+            await self._checkpoint(p, key, state, work)
+
+    async def _checkpoint(self, p: int, key: bytes, state: CustomerState, work: _BatchWork) -> None:
+        """Publish one customer's changes mid-batch, so its outbox and state stay bounded.
+
+        A customer whose events flip tags many times in one batch would
+        otherwise carry every change in its outbox until the batch ends.
+        """
+        ps = self._partition(p)
+        ps.pseq += 1
+        state.pseq = ps.pseq
+        self.customers[key] = encode_state(state)
+        await self.flush()
+        mine = [change for change in work.changes if change.customer_id == state.customer_id]
+        work.changes = [
+            change for change in work.changes if change.customer_id != state.customer_id
+        ]
+        await asyncio.gather(*(self._send_change(change) for change in mine))
+        self.engine.start_batch(state)
+        log.info(
+            "customer checkpointed mid-batch",
+            customer_id=state.customer_id,
+            partition=p,
+            changes=len(mine),
+        )
 
     def _load(self, p: int, key: bytes, customer_id: str, work: _BatchWork) -> CustomerState:
         states = work.states.setdefault(p, {})
@@ -439,9 +508,7 @@ class Processor:
                         watermark=watermark,
                     )
                     continue
-                if changes:
-                    work.changes.extend(changes)
-                    work.changed.add(key)
+                work.queue(key, changes)
                 fired += 1
             await asyncio.sleep(0)
         if fired:
@@ -457,21 +524,25 @@ class Processor:
                 ps.due.set(key, state.due)
 
     async def _flush_outputs(self, work: _BatchWork) -> None:
+        # The states written for this batch, with the outbox and first
+        # `emitted_at` of every change, must be durable before any change is
+        # published: a crash in between then re-emits the same bytes.
+        if work.states:
+            await self.flush()
         for change in work.changes:
-            work.sends.append(
-                self.send(
-                    self.settings.tag_change_topic,
-                    change.customer_id.encode(),
-                    encode_tag_change(change),
-                )
-            )
-            self.metrics.tag_changes.labels(
-                change.tag.split(":", 1)[0] if not change.tag.startswith("manual:") else "manual",
-                change.action,
-                change.source,
-            ).inc()
+            work.sends.append(self._send_change(change))
         if work.sends:
             await asyncio.gather(*work.sends)
+
+    def _send_change(self, change: TagChange) -> Awaitable[Any]:
+        self.metrics.tag_changes.labels(
+            change.tag.split(":", 1)[0] if not change.tag.startswith("manual:") else "manual",
+            change.action,
+            change.source,
+        ).inc()
+        return self.send(
+            self.settings.tag_change_topic, change.customer_id.encode(), encode_tag_change(change)
+        )
 
     def _confirm_partitions(self, work: _BatchWork) -> None:
         for p in work.clocks_moved | set(work.states):
@@ -547,6 +618,10 @@ class Processor:
             await self._flush_outputs(work)
             self._confirm_partitions(work)
             self._submit_to_mirror(work)
+
+
+async def _no_flush() -> None:
+    return None
 
 
 def _encode_outbox(change: dict[str, Any]) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import mode
 import structlog
@@ -36,6 +37,8 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
             env="TAGGER_WALL_CLOCK_OFFSET_MS",
         )
 
+    # Faust opens table stores under the data folder and fails on a missing parent.
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     created = create_topics(settings)
     if created:
         log.info("topics created", topics=created)
@@ -57,9 +60,7 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
     late: dict[str, TaggerRuntime] = {}
 
     def on_confirmed(customer_id: str, seq: int) -> None:
-        confirmed = late["runtime"].processor.mirror_confirmed
-        if seq > confirmed.get(customer_id, 0):
-            confirmed[customer_id] = seq
+        late["runtime"].processor.confirm_mirrored(customer_id, seq)
 
     def on_outcome(outcome: str, count: int) -> None:
         late["runtime"].metrics.mirror_writes.labels(outcome).inc(count)

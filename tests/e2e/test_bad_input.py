@@ -48,6 +48,7 @@ def test_bad_records_dead_lettered_and_counted(
         ),
         (b"k5", orjson.dumps({"type": "clock", "ts": _BASE}), None),
         (b"k6", orjson.dumps(purchase("k6", _BASE, "1,399.80")), None),
+        (b"k7", orjson.dumps(purchase("k7", 4_102_000_000_000)), None),
         (b"someone-else", good, None),
         (b"moved", moved, wrong_partition),
     ]
@@ -74,6 +75,7 @@ def test_bad_records_dead_lettered_and_counted(
             "unknown_type",
             "clock_with_key",
             "invalid_amount",
+            "timestamp_in_future",
         ]
     )
     assert all(d["source"]["topic"] == topic for d in dead)

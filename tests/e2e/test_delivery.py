@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import orjson
+from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
 from tagger.streams.config import Settings
@@ -102,3 +103,58 @@ def test_reconsumed_input_after_kill_changes_nothing(
 def tag_changes_id(value: bytes) -> str:
     change_id: str = orjson.loads(value)["change_id"]
     return change_id
+
+
+def test_restart_without_new_input_is_ready(
+    replay_settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Pins a restarted worker counting records consumed before the restart as lag forever."""
+    worker = start_worker(replay_settings)
+    moved = orjson.dumps(purchase("moved", _BASE))
+    producer = KafkaProducer(bootstrap_servers=replay_settings.kafka_bootstrap_servers)
+    producer.send(replay_settings.input_topics[0], key=b"someone-else", value=moved)
+    producer.flush()
+    producer.close()
+    report = replay_events(
+        [purchase("direct", _BASE)], replay_settings, end_clock=_BASE + 1, progress=False
+    )
+    _wait_caught_up(worker, replay_settings, report.end_clock)
+    worker.stop()
+
+    restarted = start_worker(replay_settings)
+
+    _wait_caught_up(restarted, replay_settings, report.end_clock)
+    assert set(mirror_tags(replay_settings)) == {"moved", "direct"}
+
+
+def test_hot_customer_state_stays_bounded(
+    replay_settings: Settings, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Pins a crash loop: one customer flipping tags in one batch outgrew the 1 MiB record limit."""
+    settings = replay_settings.with_changes(batch_size=5000, batch_timeout_s=2.0)
+    worker = start_worker(settings)
+    flips = 600
+    events = []
+    for index in range(flips):
+        events.append(purchase("hot", _BASE + 2 * index, "1000.00", event_id=f"buy-{index}"))
+        events.append(
+            {
+                "event_id": f"refund-{index}",
+                "customer_id": "hot",
+                "type": "refund",
+                "ts": _BASE + 2 * index + 1,
+                "amount": "1000.00",
+                "currency": "CNY",
+            }
+        )
+
+    report = replay_events(events, settings, end_clock=_BASE + 2 * flips, progress=False)
+    _wait_caught_up(worker, settings, report.end_clock)
+
+    medium = [c for c in tag_changes(settings) if c["tag"] == "medium_value"]
+    assert len(medium) == 2 * flips
+    assert len({c["change_id"] for c in medium}) == 2 * flips
+    changelog = read_topic(settings, f"{settings.app_id}-customers-changelog")
+    assert changelog
+    # About 64 outbox entries of under 1 KB each at most.
+    assert max(len(value) for _, value in changelog if value) < 128 * 1024

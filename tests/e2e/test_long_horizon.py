@@ -34,9 +34,9 @@ _HOUR_MS = 3_600_000
 _CART_TO_BUY_MS = 2 * DAY
 # CDNOW's last day, 1998-06-30.
 _CDNOW_END_DAY = "19980630"
-# One worker replayed all 69,659 CDNOW rows at about 360 events/s on 2 cores
-# shared with other jobs, because every purchase changes several tags. That is
-# about 3.5 minutes, so the CDNOW test replays a tenth of the customers unless
+# One worker took 3.5 to 4.5 minutes for all 69,659 CDNOW rows on 2 cores
+# shared with other jobs (about 300 events/s, because every purchase changes
+# several tags), so the CDNOW test replays a tenth of the customers unless
 # this is set.
 _FULL_CDNOW = os.environ.get("TAGGER_E2E_FULL_CDNOW") == "1"
 _FULL_CATCH_UP_S = 600.0
@@ -90,7 +90,7 @@ def test_cdnow_full_file(
     sample_data: Path,
     tmp_path: Path,
 ) -> None:
-    """Slow: all 69,659 rows, about 3.5 minutes here."""
+    """Slow: all 69,659 rows, several minutes."""
     path = sample_data / CDNOW
 
     dormant = _replay_cdnow(replay_settings, start_worker, path, tmp_path, _FULL_CATCH_UP_S)
