@@ -105,6 +105,9 @@ _LOG = [
 ]
 
 
+# The replay formats, listed without importing the readers at start-up.
+_FORMAT_NAMES = ["rees46", "uci", "jsonl", "taobao", "cdnow"]
+
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
@@ -278,7 +281,7 @@ def _parse_end_clock(value: str | None) -> Any:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["rees46", "uci", "jsonl"]),
+    type=click.Choice(_FORMAT_NAMES),
     help="Input format (default: detected from the header or first line).",
 )
 @click.option("--currency", help="Currency for formats that carry none (default: the rulebook's).")
@@ -606,7 +609,12 @@ def rules_test(file: str | None, fixtures: str | None) -> None:
     show_envvar=True,
     help="The rulebook in use now (default: the packaged default rulebook).",
 )
-@click.option("--format", "fmt", help="Format of --history (default: detected).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(_FORMAT_NAMES),
+    help="Format of --history (default: detected).",
+)
 @click.option(
     "--end-clock-span",
     default=3600.0,

@@ -84,3 +84,10 @@ def test_cli_runs_from_wheel(tmp_path: Path) -> None:
     assert int(rule_count) == 12
     assert "tag_change.json" in schema_files
     assert "dead_letter.json" in schema_files
+
+
+def test_cli_format_names_match_readers() -> None:
+    from tagger.streams.cli import _FORMAT_NAMES
+    from tagger.streams.formats import FORMATS
+
+    assert sorted(_FORMAT_NAMES) == sorted(FORMATS)

@@ -52,7 +52,10 @@ def main() -> None:
             name: {key.decode(): int(value) for key, value in table.items()}
             for name, table in tables.items()
         }
-        dump.write_bytes(orjson.dumps(content))
+        # Written whole, then renamed, so the test never reads half a file.
+        partial = dump.with_suffix(".partial")
+        partial.write_bytes(orjson.dumps(content))
+        partial.replace(dump)
 
     if mode == "fill":
         for name, take in (("one", 100_000), ("many", 7)):

@@ -27,10 +27,12 @@ def test_create_makes_every_topic(settings: Settings) -> None:
             *settings.input_topics,
             settings.tag_change_topic,
             settings.dead_letter_topic,
+            settings.rulebook_topic,
         ]
     )
     for topic in created:
-        assert describe_partitions(settings.kafka_bootstrap_servers, topic) == 4, topic
+        expected = 1 if topic == settings.rulebook_topic else 4
+        assert describe_partitions(settings.kafka_bootstrap_servers, topic) == expected, topic
 
 
 def test_create_twice_creates_nothing(settings: Settings) -> None:
