@@ -14,7 +14,7 @@ from typing import Final, Literal
 from yaml.nodes import Node as YamlNode
 from yaml.nodes import ScalarNode
 
-from tagger.errors import RulebookError
+from tagger.errors import RulebookError, RulebookErrors
 from tagger.rules.calendar import DEFAULT_TIMEZONE, is_timezone
 from tagger.rules.dependencies import DependencyError, check_references, evaluation_order
 from tagger.rules.expression import ExpressionError, Node, parse_duration, parse_expression
@@ -300,15 +300,26 @@ def _rules(
 
     rules: list[Rule] = []
     seen: dict[str, int] = {}
+    # Rules are checked one by one and their errors collected, so one run of
+    # `tagger rules check` reports every broken rule, not only the first.
+    errors: list[RulebookError] = []
     for item in items:
-        rule = _rule(source, item, groups, options)
-        if rule.id in seen:
-            source.fail(
-                item,
-                f"duplicate rule id {rule.id!r}: it is already defined on line {seen[rule.id]}",
-            )
+        try:
+            rule = _rule(source, item, groups, options)
+            if rule.id in seen:
+                source.fail(
+                    item,
+                    f"duplicate rule id {rule.id!r}: it is already defined on line {seen[rule.id]}",
+                )
+        except RulebookError as exc:
+            errors.append(exc)
+            continue
         seen[rule.id] = rule.line
         rules.append(rule)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise RulebookErrors(errors)
 
     located = dict(zip((rule.id for rule in rules), items, strict=True))
     try:

@@ -3,13 +3,21 @@
 TaggerError
 ├── ConfigError        a setting is missing or invalid; names the field and its env var
 ├── RulebookError      a rulebook does not validate; carries file, line, column and reason
+│   └── RulebookErrors several rules failed at once; carries each error
 ├── InvalidEvent       an input record failed decoding or validation; carries a fixed `reason`
 └── MirrorError        the Redis mirror could not be written or read
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "InvalidEvent", "MirrorError", "RulebookError", "TaggerError"]
+__all__ = [
+    "ConfigError",
+    "InvalidEvent",
+    "MirrorError",
+    "RulebookError",
+    "RulebookErrors",
+    "TaggerError",
+]
 
 
 class TaggerError(Exception):
@@ -36,6 +44,21 @@ class RulebookError(TaggerError):
             if column is not None:
                 where += f":{column}"
         super().__init__(f"{where}: {reason}")
+
+
+class RulebookErrors(RulebookError):
+    """Several errors in one rulebook, found in independent rules and reported together.
+
+    `file`, `line`, `column` and `reason` are those of the first error.
+    """
+
+    def __init__(self, errors: list[RulebookError]) -> None:
+        first = errors[0]
+        super().__init__(first.reason, file=first.file, line=first.line, column=first.column)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
 
 
 class InvalidEvent(TaggerError):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tagger.errors import RulebookError
+from tagger.errors import RulebookError, RulebookErrors
 from tagger.rules.rulebook import Rulebook, load_rulebook, parse_rulebook
 
 HEADER = """\
@@ -240,3 +240,33 @@ def test_deep_nesting_rejected() -> None:
 
     with pytest.raises(RulebookError, match="nested more than"):
         parse_rulebook(HEADER + _rule(when=when), file="rules.yaml")
+
+
+def test_errors_in_several_rules_all_reported() -> None:
+    text = """\
+version: 1
+currency: CNY
+groups:
+  g: {labels: {zh: 组, en: Group}}
+rules:
+  - id: first
+    group: g
+    labels: {zh: 一, en: One}
+    description: A misspelt metric.
+    when: coutn(purchase) >= 1
+  - id: second
+    group: nope
+    labels: {zh: 二, en: Two}
+    description: An unknown group.
+    when: count(purchase) >= 1
+"""
+    with pytest.raises(RulebookErrors) as caught:
+        parse_rulebook(text, file="two.yaml")
+
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("two.yaml:10:")
+    assert "did you mean 'count'" in lines[0]
+    assert lines[1].startswith("two.yaml:12:")
+    assert "unknown group 'nope'" in lines[1]
+    assert caught.value.line == 10
