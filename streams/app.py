@@ -16,7 +16,8 @@ from tagger.streams.faust_app import TaggerApp, TaggerWorker
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.processor import InboundRecord, Processor
 from tagger.streams.rulebook_versions import VersionGate
-from tagger.streams.web import register_views
+from tagger.streams.security import faust_app_args
+from tagger.streams.web import register_views, web_application_options
 
 __all__ = ["TaggerApp", "TaggerRuntime", "TaggerWorker", "build_app"]
 
@@ -95,7 +96,7 @@ def build_app(
         topic_disable_leader=True,
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=5,
@@ -109,6 +110,8 @@ def build_app(
         web_graph_enabled=False,
         web_stats_enabled=False,
         web_metrics_enabled=False,
+        web_application_options=web_application_options(settings),
+        **faust_app_args(settings),
     )
 
     source = app.topic(

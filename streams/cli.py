@@ -210,9 +210,23 @@ def worker(**options: Any) -> None:
     TAGGER_BATCH_TIMEOUT_S=0.05         max wait for a batch to fill, seconds
     TAGGER_BROKER_SESSION_TIMEOUT_S=30  consumer group session timeout, seconds
     TAGGER_STANDBY_REPLICAS=0           standby copies of each table partition
+    TAGGER_COMMIT_INTERVAL_S=1.0        how often consumed offsets are committed, seconds
     TAGGER_MIRROR_TIMEOUT_S=1.0         Redis socket timeout of the mirror, seconds
     TAGGER_BROKER_END_OFFSET_FIX=auto   read changelogs to their true end: auto|on|off
     TAGGER_WALL_CLOCK_OFFSET_MS=0       shift the wall clock (tests only)
+
+    Security (see docs/security.md); a secret also reads from <VAR>_FILE:
+
+    \b
+    TAGGER_SECURITY_PROTOCOL=PLAINTEXT  PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL
+    TAGGER_SASL_MECHANISM=PLAIN         PLAIN|SCRAM-SHA-256|SCRAM-SHA-512
+    TAGGER_SASL_USERNAME, TAGGER_SASL_PASSWORD   SASL user name and password
+    TAGGER_SSL_CAFILE                   CA certificates (PEM) of the brokers
+    TAGGER_SSL_CERTFILE, TAGGER_SSL_KEYFILE      client certificate and key (PEM)
+    TAGGER_SSL_CHECK_HOSTNAME=true      match the broker certificate's host name
+    TAGGER_REDIS_USERNAME, TAGGER_REDIS_PASSWORD Redis ACL user and password
+    TAGGER_REDIS_SSL_CA_CERTS           CA certificates (PEM) for a rediss:// URL
+    TAGGER_WEB_TOKEN                    bearer token for every view but /healthz
     """
     settings = _settings(**options)
     configure_logging(settings.log_level)
@@ -434,8 +448,9 @@ def _hint_if_no_rulebook(settings: Settings, *, tag: str | None = None) -> None:
     import redis
 
     from tagger.streams.mirror import read_rulebook
+    from tagger.streams.security import redis_args
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, **redis_args(settings))
     try:
         described = read_rulebook(client, settings.redis_prefix)
     finally:
@@ -505,15 +520,22 @@ def tail(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def explain(customer: str, tag: str | None, worker_url: str, as_json: bool) -> None:
     """Explain why a customer holds (or not) each tag, from the worker's state."""
+    import os
     import urllib.error
     import urllib.parse
     import urllib.request
 
+    from tagger.streams.config import read_secret
+
     query = urllib.parse.urlencode({"tag": tag} if tag else {})
+    # The worker requires the token on every view but /healthz when it has one.
+    token = read_secret(os.environ, "TAGGER_WEB_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     for _attempt in range(2):
         url = f"{worker_url.rstrip('/')}/explain/{urllib.parse.quote(customer, safe='')}"
         try:
-            with urllib.request.urlopen(url + (f"?{query}" if query else ""), timeout=10) as r:
+            request = urllib.request.Request(url + (f"?{query}" if query else ""), headers=headers)
+            with urllib.request.urlopen(request, timeout=10) as r:
                 body = orjson.loads(r.read())
                 break
         except urllib.error.HTTPError as exc:
@@ -730,6 +752,104 @@ def rules_status(**options: Any) -> None:
         f"group {settings.app_id}: version {active.version} from {active.source}, "
         f"activated {_iso(active.activated_at)} by {active.activated_by}"
     )
+
+
+# -- mirror ------------------------------------------------------------------------------
+
+
+@cli.group()
+def mirror() -> None:
+    """Check the Redis mirror against the customers table, and repair it."""
+
+
+_MIRROR_OUTPUT = [
+    click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON."),
+    click.option(
+        "--examples",
+        default=20,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help="Differences to list, after the counts by kind.",
+    ),
+]
+
+
+@mirror.command("verify")
+@_options(_KAFKA, _REDIS, _RULEBOOK, _MIRROR_OUTPUT)
+def mirror_verify(as_json: bool, examples: int, **options: Any) -> None:
+    """Compare Redis with the customers table's changelog; exit 1 when they differ.
+
+    Safe while workers run. Reads the changelog topic <app_id>-customers-changelog
+    from the beginning, every customer hash, tag set and seq key under the prefix,
+    and the rulebook hash.
+    """
+    settings = _settings(**options)
+    configure_logging("warning", quiet_kafka=True)
+    from tagger.streams.mirror_tools import verify
+
+    report = verify(settings, progress=_changelog_progress)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report.to_json()).decode() + "\n")
+    else:
+        _print_differences(report, examples)
+    if report.differences:
+        sys.exit(1)
+
+
+@mirror.command("rebuild")
+@_options(_KAFKA, _REDIS, _RULEBOOK, _MIRROR_OUTPUT)
+def mirror_rebuild(as_json: bool, examples: int, **options: Any) -> None:
+    """Repair every difference verify finds, from the customers table's changelog.
+
+    Safe while workers run: a customer a worker writes meanwhile is left to
+    the worker. Customers whose seq in Redis is above the table's are written
+    with the table's seq, since the table is the truth.
+    """
+    settings = _settings(**options)
+    configure_logging("warning", quiet_kafka=True)
+    from tagger.streams.mirror_tools import rebuild
+
+    report = rebuild(settings, progress=_changelog_progress)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report.to_json()).decode() + "\n")
+        return
+    _print_differences(report.found, examples)
+    console.print(
+        f"rewrote {report.customers_rewritten} customers, removed {report.members_removed} "
+        f"tag-set members" + (", re-wrote the rulebook hash" if report.rulebook_written else ""),
+        highlight=False,
+    )
+    if report.customers_skipped:
+        console.print(
+            f"{len(report.customers_skipped)} customers changed while rebuilding and were left "
+            f"to the workers (first: {report.customers_skipped[0]!r}); run verify again",
+            highlight=False,
+        )
+
+
+def _changelog_progress(records: int, estimated_total: int, customers: int) -> None:
+    err_console.print(
+        f"changelog: {records} of about {estimated_total} records read, {customers} customers",
+        highlight=False,
+    )
+
+
+def _print_differences(report: Any, examples: int) -> None:
+    console.print(
+        f"customers table: {report.customers} customers from {report.changelog_records} "
+        f"changelog records; rulebook {report.rulebook_version} from {report.rulebook_source}",
+        highlight=False,
+    )
+    if not report.differences:
+        console.print("the mirror matches the customers table")
+        return
+    console.print(f"{len(report.differences)} differences:", highlight=False)
+    for kind, count in report.counts().items():
+        console.print(f"  {kind}: {count}", highlight=False)
+    for difference in report.differences[:examples]:
+        console.print(f"  {difference.describe()}", highlight=False)
+    if len(report.differences) > examples:
+        console.print(f"  … {len(report.differences) - examples} more (--json lists all)")
 
 
 # -- demo --------------------------------------------------------------------------------

@@ -6,13 +6,33 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from tagger.errors import ConfigError
 
-__all__ = ["ClockMode", "Settings"]
+__all__ = [
+    "SASL_MECHANISMS",
+    "SECURITY_PROTOCOLS",
+    "ClockMode",
+    "SaslMechanism",
+    "Secret",
+    "SecurityProtocol",
+    "Settings",
+    "mask_url",
+    "read_secret",
+]
 
 ClockMode = Literal["live", "replay"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+SECURITY_PROTOCOLS: tuple[str, ...] = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+# Fields holding a secret: masked in repr() and redacted(), and readable from
+# the file named by `<ENV VAR>_FILE`, as container secrets are mounted.
+_SECRET_FIELDS = ("sasl_password", "redis_password", "web_token")
+_MASK = "***"
 
 # Kafka topic names: Kafka's own limit of 249 characters from [a-zA-Z0-9._-].
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -20,6 +40,23 @@ _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 def _env_name(name: str) -> str:
     return "TAGGER_" + name.upper()
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A password or token: `str()` and `repr()` show `***`; `reveal()` returns the value."""
+
+    value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """Return the secret itself, only to hand it to a client library."""
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Secret({_MASK!r})"
+
+    def __str__(self) -> str:
+        return _MASK
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +85,40 @@ class Settings:
     batch_timeout_s: float = 0.05
     broker_session_timeout_s: float = 30.0
     standby_replicas: int = 0
+    # How often consumed offsets are committed (seconds); after a crash the
+    # worker re-reads at most this much input, which the outbox makes harmless.
+    commit_interval_s: float = 1.0
     mirror_timeout_s: float = 1.0
     wall_clock_offset_ms: int = 0
     log_level: str = "info"
     # "auto" turns on the end-offset workaround only when the broker's
     # cluster id shows it is the embedded Tansu broker.
     broker_end_offset_fix: Literal["auto", "on", "off"] = "auto"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    redis_username: str | None = None
+    redis_password: Secret | None = None
+    redis_ssl_ca_certs: str | None = None
+    # Bearer token every web view but /healthz requires when it is set.
+    web_token: Secret | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Plain strings passed in code (tests, `with_changes`) become Secrets.
+        for name in _SECRET_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Secret(value))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.redacted().items())
+        return f"Settings({shown})"
 
     @property
     def repartition_topic(self) -> str:
@@ -99,6 +163,8 @@ class Settings:
             )
         if "{" in self.redis_prefix or "}" in self.redis_prefix:
             raise ConfigError(f"invalid Redis prefix {self.redis_prefix!r}: keys carry no braces")
+        _check_kafka_security(self)
+        _check_redis_security(self)
         return self
 
     @classmethod
@@ -113,6 +179,8 @@ class Settings:
                 raw = env.get("KAFKA_BOOTSTRAP_SERVERS")
             elif spec.name == "redis_url":
                 raw = env.get("REDIS_URL")
+            elif spec.name in _SECRET_FIELDS:
+                raw = read_secret(env, _env_name(spec.name))
             else:
                 raw = env.get(_env_name(spec.name))
             if raw is None or raw == "":
@@ -122,11 +190,15 @@ class Settings:
         return cls(**values).validated()
 
     def to_env(self) -> dict[str, str]:
-        """Return env vars that make `from_env` rebuild these settings, for child processes."""
+        """Return env vars that make `from_env` rebuild these settings, for child processes.
+
+        An unset field becomes an empty variable, which `from_env` skips, so
+        a value in the parent's own environment cannot reach the child.
+        """
         env: dict[str, str] = {}
         for spec in fields(self):
             value = getattr(self, spec.name)
-            if spec.name == "extra" or value is None:
+            if spec.name == "extra":
                 continue
             if spec.name == "kafka_bootstrap_servers":
                 name = "KAFKA_BOOTSTRAP_SERVERS"
@@ -134,15 +206,157 @@ class Settings:
                 name = "REDIS_URL"
             else:
                 name = _env_name(spec.name)
-            env[name] = ",".join(value) if isinstance(value, tuple) else str(value)
+            if spec.name in _SECRET_FIELDS:
+                env[f"{name}_FILE"] = ""
+            if value is None:
+                env[name] = ""
+            elif isinstance(value, Secret):
+                # A child process needs the secret itself; env vars are not logged.
+                env[name] = value.reveal()
+            elif isinstance(value, tuple):
+                env[name] = ",".join(value)
+            else:
+                env[name] = str(value)
         return env
 
     def redacted(self) -> dict[str, Any]:
-        """Return the settings as a dict with any password in a URL masked, for logs."""
+        """Return the settings as a dict with every secret shown as `***`, for logs."""
         shown = {spec.name: getattr(self, spec.name) for spec in fields(self)}
-        shown["redis_url"] = re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", self.redis_url)
+        shown["redis_url"] = mask_url(self.redis_url)
+        for name in _SECRET_FIELDS:
+            if shown[name] is not None:
+                shown[name] = _MASK
         shown.pop("extra", None)
         return shown
+
+
+def mask_url(url: str) -> str:
+    """Return `url` with the password of its user info and any password query value as `***`."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+
+    # The user info ends at the last "@" before the query, so a password with
+    # an unescaped "/" or "@" is still masked whole.
+    query_start = rest.find("?")
+    end = len(rest) if query_start < 0 else query_start
+    at = rest.rfind("@", 0, end)
+    if at >= 0:
+        user, colon, _password = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:{_MASK}{rest[at:]}"
+    return f"{scheme}://" + re.sub(r"((?:^|[?&])[^=&]*password[^=&]*=)[^&]*", rf"\1{_MASK}", rest)
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    protocol = settings.security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"invalid Kafka security protocol {protocol!r}: set "
+            f"{_env_name('security_protocol')} to one of {', '.join(SECURITY_PROTOCOLS)}"
+        )
+    if settings.sasl_mechanism not in SASL_MECHANISMS:
+        raise ConfigError(
+            f"invalid SASL mechanism {settings.sasl_mechanism!r}: set "
+            f"{_env_name('sasl_mechanism')} to one of {', '.join(SASL_MECHANISMS)}"
+        )
+
+    if protocol.startswith("SASL_"):
+        if not settings.sasl_username:
+            raise ConfigError(
+                f"missing SASL user name for security protocol {protocol}: "
+                f"set {_env_name('sasl_username')}"
+            )
+        if settings.sasl_password is None or not settings.sasl_password.reveal():
+            raise ConfigError(
+                f"missing SASL password for security protocol {protocol}: set "
+                f"{_env_name('sasl_password')} or {_env_name('sasl_password')}_FILE"
+            )
+    else:
+        for name in ("sasl_username", "sasl_password"):
+            if getattr(settings, name) is not None:
+                raise ConfigError(
+                    f"{_env_name(name)} is set but security protocol {protocol} uses no SASL: "
+                    f"set {_env_name('security_protocol')} to SASL_SSL or SASL_PLAINTEXT"
+                )
+
+    uses_tls = protocol in ("SSL", "SASL_SSL")
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(settings, name)
+        if path is None:
+            continue
+        if not uses_tls:
+            raise ConfigError(
+                f"{_env_name(name)} is set but security protocol {protocol} uses no TLS: "
+                f"set {_env_name('security_protocol')} to SSL or SASL_SSL"
+            )
+        if not Path(path).is_file():
+            raise ConfigError(f"file {path!r} not found: check {_env_name(name)}")
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        raise ConfigError(
+            f"{_env_name('ssl_keyfile')} is set without a certificate: "
+            f"set {_env_name('ssl_certfile')} too"
+        )
+
+
+def _check_redis_security(settings: Settings) -> None:
+    url_user, url_password = _url_credentials(settings.redis_url)
+    if settings.redis_password is not None and url_password:
+        raise ConfigError(
+            "the Redis password is set twice: remove it from REDIS_URL or unset "
+            f"{_env_name('redis_password')}"
+        )
+    if settings.redis_username is not None and url_user:
+        raise ConfigError(
+            "the Redis user name is set twice: remove it from REDIS_URL or unset "
+            f"{_env_name('redis_username')}"
+        )
+    if settings.redis_username is not None and settings.redis_password is None:
+        raise ConfigError(
+            f"{_env_name('redis_username')} is set without a password: set "
+            f"{_env_name('redis_password')} or {_env_name('redis_password')}_FILE"
+        )
+
+    ca_certs = settings.redis_ssl_ca_certs
+    if ca_certs is None:
+        return
+    if not settings.redis_url.startswith("rediss://"):
+        raise ConfigError(
+            f"{_env_name('redis_ssl_ca_certs')} is set but REDIS_URL does not use TLS: "
+            "start REDIS_URL with rediss://"
+        )
+    if not Path(ca_certs).is_file():
+        raise ConfigError(f"file {ca_certs!r} not found: check {_env_name('redis_ssl_ca_certs')}")
+
+
+def _url_credentials(url: str) -> tuple[str, str]:
+    """Return the user name and password in the user info of a URL ("" when absent)."""
+    _scheme, _separator, rest = url.partition("://")
+    query_start = rest.find("?")
+    at = rest.rfind("@", 0, len(rest) if query_start < 0 else query_start)
+    if at < 0:
+        return "", ""
+    user, _colon, password = rest[:at].partition(":")
+    return user, password
+
+
+def read_secret(env: Mapping[str, str], name: str) -> str | None:
+    """Return the secret in env var `name`, or in the file that `<name>_FILE` names."""
+    file_name = f"{name}_FILE"
+    path = env.get(file_name)
+    if not path:
+        return env.get(name)
+    if env.get(name):
+        raise ConfigError(f"both {name} and {file_name} are set: unset one of them")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the secret file {path!r}: {exc.strerror}; check {file_name}"
+        ) from exc
+    # Files written with `echo` or an editor end with a newline that is not
+    # part of the secret.
+    return text.rstrip("\r\n")
 
 
 def _convert(name: str, raw: str, default: Any) -> Any:

@@ -19,12 +19,18 @@ from rich.console import Console
 from rich.table import Table
 
 from tagger.rules.rulebook import Rulebook, load_rulebook
-from tagger.streams.config import Settings
+from tagger.streams.config import Settings, mask_url
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from tagger.streams.security import (
+    KAFKA_SECURITY_FIELDS,
+    REDIS_SECURITY_FIELDS,
+    kafka_python_args,
+    redis_args,
+)
 from tagger.streams.topics import create_topics
 from tagger.streams.worker_process import WorkerProcess, caught_up_to
 
-__all__ = ["DemoOptions", "demo_settings", "run_demo", "summarise"]
+__all__ = ["DemoOptions", "demo_settings", "run_demo", "summarise", "with_security_from_env"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +61,22 @@ def demo_settings(namespace: str, bootstrap: str, redis_url: str, data_dir: Path
         broker_session_timeout_s=_SESSION_TIMEOUT_S,
         log_level="warning",
     ).validated()
+
+
+def with_security_from_env(settings: Settings) -> Settings:
+    """Apply the security settings of the environment to the services they belong to.
+
+    Kafka's apply only with KAFKA_BOOTSTRAP_SERVERS, and Redis's only with
+    REDIS_URL, because the embedded broker and Redis use neither. The web
+    token always applies, since the worker reads it from the same environment.
+    """
+    names = ["web_token"]
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        names += KAFKA_SECURITY_FIELDS
+    if os.environ.get("REDIS_URL"):
+        names += REDIS_SECURITY_FIELDS
+    from_env = Settings.from_env()
+    return settings.with_changes(**{name: getattr(from_env, name) for name in names})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +144,7 @@ def _run(stack: contextlib.ExitStack, console: Console, options: DemoOptions) ->
     bootstrap, redis_url, external = _start_services(stack, console)
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tagger-demo-")))
     settings = demo_settings(namespace, bootstrap, redis_url, workdir / "data")
+    settings = with_security_from_env(settings)
     if options.rulebook_path:
         settings = settings.with_changes(rulebook_path=options.rulebook_path)
     rulebook = load_rulebook(settings.rulebook_path)
@@ -220,7 +243,7 @@ def _replay(settings: Settings, rulebook: Rulebook, options: DemoOptions, span_m
 
 def summarise(settings: Settings, rulebook: Rulebook) -> dict[str, Any]:
     """Count customers per tag in Redis and pick example tag changes from the topic."""
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **redis_args(settings))
     prefix = settings.redis_prefix
     try:
         counts: dict[str, int] = {}
@@ -279,6 +302,7 @@ def _example_changes(settings: Settings) -> list[dict[str, Any]]:
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         enable_auto_commit=False,
         consumer_timeout_ms=2000,
+        **kafka_python_args(settings),
     )
     try:
         partitions = consumer.partitions_for_topic(settings.tag_change_topic) or set()
@@ -348,7 +372,7 @@ def _print_try_commands(console: Console, settings: Settings, summary: dict[str,
     console.print("running until Ctrl-C; in another terminal, with the same virtualenv:")
     console.print(
         f"  export KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
-        f"REDIS_URL={settings.redis_url} TAGGER_REDIS_PREFIX={prefix} "
+        f"REDIS_URL={_mask(settings.redis_url)} TAGGER_REDIS_PREFIX={prefix} "
         f"TAGGER_TAG_CHANGE_TOPIC={settings.tag_change_topic}",
         highlight=False,
         soft_wrap=True,
@@ -361,7 +385,7 @@ def _print_try_commands(console: Console, settings: Settings, summary: dict[str,
         highlight=False,
     )
     console.print("or read Redis directly:", highlight=False)
-    cli = f"redis-cli -u {settings.redis_url}"
+    cli = f"redis-cli -u {_mask(settings.redis_url)}"
     console.print(f"  {cli} HGETALL {prefix}customer:{customer}", highlight=False)
     console.print(f"  {cli} ZREVRANGE {prefix}tag:{tag} 0 9 WITHSCORES", highlight=False)
     console.print(f"  {cli} HGETALL {prefix}rulebook", highlight=False)
@@ -374,4 +398,4 @@ def _iso(epoch_ms: int | None) -> str:
 
 
 def _mask(url: str) -> str:
-    return str(Settings(redis_url=url).redacted()["redis_url"])
+    return mask_url(url)

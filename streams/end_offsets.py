@@ -20,6 +20,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as FaustAiokafkaConsumer
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 from kafka.admin import KafkaAdminClient
 
@@ -33,11 +34,16 @@ _EMPTY_POLLS_TO_STOP = 2
 _POLL_TIMEOUT_MS = 300
 
 
-def broker_cluster_id(bootstrap_servers: str) -> str | None:
-    """Return the broker's cluster id, read with one admin request."""
+def broker_cluster_id(bootstrap_servers: str, **client_args: Any) -> str | None:
+    """Return the broker's cluster id, read with one admin request.
+
+    `client_args` are extra kafka-python arguments, such as those of
+    `security.kafka_python_args`.
+    """
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap_servers.split(","),
         client_id="tagger-admin",
+        **client_args,
     )
     try:
         cluster = admin.describe_cluster()
@@ -55,7 +61,11 @@ def needs_probe(cluster_id: str | None) -> bool:
 async def probe_end_offsets(
     bootstrap_servers: str, reported: Mapping[TP, int], **client_args: Any
 ) -> dict[TP, int]:
-    """Read forward from each reported end offset and return the true end offsets."""
+    """Read forward from each reported end offset and return the true end offsets.
+
+    `client_args` are extra aiokafka arguments, such as those of
+    `security.aiokafka_args`.
+    """
     if not reported:
         return {}
 
@@ -95,7 +105,12 @@ class EndOffsetProbingConsumer(FaustAiokafkaConsumer):
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         reported = await super().highwaters(*partitions)
         bootstrap = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker_consumer)
-        corrected = await asyncio.shield(probe_end_offsets(bootstrap, reported))
+        # The probe connects with the same security arguments as Faust's own
+        # consumer, which faust-streaming derives from `broker_credentials`.
+        auth = credentials_to_aiokafka_auth(
+            self.app.conf.broker_credentials, self.app.conf.ssl_context
+        )
+        corrected = await asyncio.shield(probe_end_offsets(bootstrap, reported, **auth))
         moved = {
             f"{tp.topic}[{tp.partition}]": (reported[tp], corrected[tp])
             for tp in reported

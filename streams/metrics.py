@@ -29,6 +29,7 @@ class TaggerMetrics:
     tag_changes: Counter
     mirror_writes: Counter
     mirror_pending: Gauge
+    mirror_resyncs: Counter
     errors: Counter
     batch_seconds: Histogram
     event_latency_seconds: Histogram
@@ -85,6 +86,11 @@ class TaggerMetrics:
             mirror_pending=Gauge(
                 "tagger_mirror_pending",
                 "Customers whose newest tags are not yet confirmed in Redis.",
+                registry=registry,
+            ),
+            mirror_resyncs=Counter(
+                "tagger_mirror_resyncs_total",
+                "Times the worker found Redis had lost mirror data and re-submitted its customers.",
                 registry=registry,
             ),
             errors=Counter(

@@ -37,6 +37,7 @@ from tagger.streams.mirror_lua import (
     rulebook_key,
     tag_key,
 )
+from tagger.streams.security import redis_args
 
 __all__ = [
     "MAX_PIPELINE",
@@ -391,6 +392,7 @@ def _connect(settings: Settings) -> redis.asyncio.Redis:
         socket_timeout=settings.mirror_timeout_s,
         socket_connect_timeout=settings.mirror_timeout_s,
         retry=Retry(NoBackoff(), 0),
+        **redis_args(settings),
     )
 
 
@@ -423,6 +425,10 @@ def _rulebook_fields(
 ) -> dict[FieldT, EncodableT]:
     fields: dict[FieldT, EncodableT] = {RULEBOOK_VERSION_FIELD: version}
     for tag, labels in description.items():
+        # Rulebook.describe() carries its own version entry; the field above
+        # holds the version as a plain string.
+        if tag == RULEBOOK_VERSION_FIELD:
+            continue
         value = {key: labels.get(key, "") for key in ("group", "zh", "en")}
         fields[tag] = json.dumps(value, ensure_ascii=False, sort_keys=True)
     return fields

@@ -51,6 +51,9 @@ log = structlog.get_logger(__name__)
 # Firing and index building yield to the event loop after this many
 # customers, so heartbeats and fetches keep running on big partitions.
 _CHUNK = 500
+# The mirror resync decodes this many customers per hold of the lock, a
+# few milliseconds, so batches wait at most that long for it.
+_RESYNC_CHUNK = 300
 # Live mode: a caught-up partition with no event for this long follows the
 # wall clock, lagging it by `_LIVE_CLOCK_LAG_MS` to leave room for
 # records still in flight.
@@ -145,6 +148,9 @@ class Processor:
         self.lock = asyncio.Lock()
         self.assigned: dict[int, PartitionState] = {}
         self.mirror_confirmed: dict[str, int] = {}
+        # Set when Redis may have lost data before this worker's partitions
+        # were assigned: every assignment then re-submits all its customers.
+        self.resubmit_on_assign = False
         self.processed_offsets: dict[tuple[str, int], int] = {}
         self._lateness = rulebook.allowed_lateness_ms
         self._input_topics = frozenset(settings.input_topics)
@@ -226,7 +232,8 @@ class Processor:
                 stale.setdefault(p, {})[key] = state
                 continue
             ps.due.set(key, state.due)
-            if state.mirrored_seq < state.seq and self.mirror_submit is not None:
+            resubmit = state.mirrored_seq < state.seq or (self.resubmit_on_assign and state.seq > 0)
+            if resubmit and self.mirror_submit is not None:
                 self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
         if resent:
             await asyncio.gather(*resent)
@@ -252,6 +259,38 @@ class Processor:
             outbox_changes_resent=len(resent),
             seconds=round(time.monotonic() - started, 3),
         )
+
+    async def resync_mirror(self) -> int:
+        """Re-submit every customer of the ready partitions to the mirror; return how many.
+
+        Used after Redis lost data. Customers with seq 0 never had a tag
+        change, so Redis holds no key for them and they are skipped; every
+        other customer is submitted, tagless ones too, so that their seq key
+        again guards against a stale write being retried. The lock is taken
+        per chunk, so batches run between chunks; a customer a batch changes
+        meanwhile is submitted by the batch with a higher seq, and the mirror
+        keeps the newest.
+        """
+        if self.mirror_submit is None:
+            return 0
+        keys = list(self.customers.keys())
+        submitted = 0
+        for start in range(0, len(keys), _RESYNC_CHUNK):
+            async with self.lock:
+                ready = {p for p, ps in self.assigned.items() if ps.index_ready}
+                for key in keys[start : start + _RESYNC_CHUNK]:
+                    if partition_for(key, self.settings.partitions) not in ready:
+                        continue
+                    raw = self.customers.get(key)
+                    if raw is None:
+                        continue
+                    state = decode_state(raw)
+                    if state.seq == 0:
+                        continue
+                    self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
+                    submitted += 1
+            await asyncio.sleep(0)
+        return submitted
 
     def _may_reevaluate(self) -> bool:
         return self.gate is None or self.gate.is_open
@@ -378,6 +417,8 @@ class Processor:
                 work,
             )
             return
+        # TODO: in replay mode a clock message can reach a partition before the
+        # events forwarded to it, which are then applied as late events.
         self.metrics.repartitioned_events.inc()
         log.debug(
             "record forwarded to the repartition topic",

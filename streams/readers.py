@@ -20,6 +20,7 @@ from tagger.schemas.timestamps import format_timestamp
 from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.mirror import count_members, read_members, read_rulebook, read_tags
+from tagger.streams.security import kafka_python_args, redis_args
 from tagger.streams.topics import TopicError
 
 __all__ = [
@@ -136,6 +137,7 @@ def _redis(settings: Settings) -> Iterator[redis.Redis]:
         decode_responses=True,
         socket_timeout=READ_TIMEOUT_S,
         socket_connect_timeout=READ_TIMEOUT_S,
+        **redis_args(settings),
     )
     try:
         yield client
@@ -212,6 +214,7 @@ def _consumer(settings: Settings) -> KafkaConsumer:
             client_id=f"{settings.app_id}-tail",
             group_id=None,
             enable_auto_commit=False,
+            **kafka_python_args(settings),
         )
     except kafka.errors.KafkaError as exc:
         raise TopicError(
@@ -241,8 +244,12 @@ def _partitions_with_low_end(
     mode = settings.broker_end_offset_fix
     if mode == "off":
         return set()
-    if mode == "auto" and not needs_probe(broker_cluster_id(settings.kafka_bootstrap_servers)):
-        return set()
+    if mode == "auto":
+        cluster_id = broker_cluster_id(
+            settings.kafka_bootstrap_servers, **kafka_python_args(settings)
+        )
+        if not needs_probe(cluster_id):
+            return set()
     return set(partitions)
 
 

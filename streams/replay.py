@@ -23,6 +23,7 @@ from tagger.errors import ConfigError, TaggerError
 from tagger.schemas.dead_letter import dead_letter_record
 from tagger.streams.config import Settings
 from tagger.streams.formats import BadRow, ConvertedEvent, detect_format, event_time_ms, read_items
+from tagger.streams.security import kafka_python_args
 
 __all__ = ["EndClock", "ReplayError", "ReplayReport", "replay_events", "replay_file"]
 
@@ -420,6 +421,7 @@ def _producer(settings: Settings) -> KafkaProducer:
             batch_size=BATCH_BYTES,
             max_block_ms=MAX_BLOCK_MS,
             allow_auto_create_topics=False,
+            **kafka_python_args(settings),
         )
     except KafkaError as exc:
         raise ReplayError(
@@ -434,6 +436,7 @@ def _partition_counts(settings: Settings) -> dict[str, int]:
         admin = KafkaAdminClient(
             bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
             client_id="tagger-replay",
+            **kafka_python_args(settings),
         )
     except KafkaError as exc:
         raise ReplayError(

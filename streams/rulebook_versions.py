@@ -30,6 +30,7 @@ from kafka import TopicPartition as SyncTopicPartition
 
 from tagger.rules.rulebook import Rulebook
 from tagger.streams.config import Settings
+from tagger.streams.security import aiokafka_args, kafka_python_args
 
 __all__ = [
     "Activation",
@@ -100,6 +101,7 @@ def read_active(settings: Settings) -> Activation | None:
         bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
         enable_auto_commit=False,
         consumer_timeout_ms=1500,
+        **kafka_python_args(settings),
     )
     try:
         partition = SyncTopicPartition(settings.rulebook_topic, 0)
@@ -117,7 +119,9 @@ def read_active(settings: Settings) -> Activation | None:
 def activate(settings: Settings, activation: Activation) -> None:
     """Record `activation` as the group's active version and wait for the broker's ack."""
     producer = KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","), acks="all"
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        acks="all",
+        **kafka_python_args(settings),
     )
     try:
         producer.send(
@@ -200,6 +204,7 @@ class VersionGate:
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             enable_auto_commit=False,
             group_id=None,
+            **aiokafka_args(self.settings),
         )
         await consumer.start()
         try:
@@ -238,7 +243,9 @@ class VersionGate:
     async def _bootstrap(self) -> None:
         activation = Activation.of(self.rulebook, self.rulebook_text, by=_worker_name())
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all"
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            acks="all",
+            **aiokafka_args(self.settings),
         )
         await producer.start()
         try:

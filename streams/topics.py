@@ -13,6 +13,7 @@ from kafka.admin import KafkaAdminClient
 
 from tagger.errors import ConfigError, TaggerError
 from tagger.streams.config import Settings
+from tagger.streams.security import kafka_python_args
 
 __all__ = [
     "DEDUP_WINDOW_MS",
@@ -138,7 +139,9 @@ def create_topics(
             "configs": {"retention.ms": str(retention), "cleanup.policy": "delete"},
         }
 
-    with _admin(settings.kafka_bootstrap_servers, settings.app_id) as admin:
+    with _admin(
+        settings.kafka_bootstrap_servers, settings.app_id, kafka_python_args(settings)
+    ) as admin:
         try:
             existing = set(admin.list_topics())
             missing = {name: spec for name, spec in requests.items() if name not in existing}
@@ -184,7 +187,9 @@ def check_topics(settings: Settings) -> list[TopicProblem]:
     topics'. Raises TopicError when the broker cannot be reached.
     """
     expected = expected_topics(settings)
-    with _admin(settings.kafka_bootstrap_servers, settings.app_id) as admin:
+    with _admin(
+        settings.kafka_bootstrap_servers, settings.app_id, kafka_python_args(settings)
+    ) as admin:
         try:
             names = admin.list_topics()
             changelogs = sorted(
@@ -226,9 +231,13 @@ def _input_partitions(settings: Settings, counts: dict[str, int | None]) -> int:
     return settings.partitions
 
 
-def describe_partitions(bootstrap: str, topic: str) -> int | None:
-    """Return the partition count of `topic`, or None when it does not exist."""
-    with _admin(bootstrap, "tagger") as admin:
+def describe_partitions(bootstrap: str, topic: str, **client_args: Any) -> int | None:
+    """Return the partition count of `topic`, or None when it does not exist.
+
+    `client_args` are extra kafka-python arguments, such as those of
+    `security.kafka_python_args`.
+    """
+    with _admin(bootstrap, "tagger", client_args) as admin:
         try:
             return _partition_counts(admin, [topic])[topic]
         except kafka.errors.KafkaError as exc:
@@ -253,12 +262,13 @@ def _partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, i
 
 
 @contextlib.contextmanager
-def _admin(bootstrap: str, app_id: str) -> Iterator[KafkaAdminClient]:
+def _admin(bootstrap: str, app_id: str, client_args: dict[str, Any]) -> Iterator[KafkaAdminClient]:
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
             client_id=f"{app_id}-admin",
             request_timeout_ms=_REQUEST_TIMEOUT_MS,
+            **client_args,
         )
     except kafka.errors.KafkaError as exc:
         raise TopicError(

@@ -2,16 +2,67 @@
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
 
 from tagger.rules.explain import explain, explanation_to_json, render_text
 from tagger.rules.state import decode_state
+from tagger.streams.config import Settings
 from tagger.streams.partitioning import partition_for
 
 if TYPE_CHECKING:
     from tagger.streams.app import TaggerRuntime
 
-__all__ = ["explain_customer", "readiness", "register_views", "status"]
+__all__ = [
+    "explain_customer",
+    "readiness",
+    "register_views",
+    "require_bearer_token",
+    "status",
+    "web_application_options",
+]
+
+# Liveness probes (Kubernetes, docker-compose) send no credentials.
+_OPEN_PATHS = frozenset({"/healthz"})
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def web_application_options(settings: Settings) -> dict[str, Any]:
+    """Return Faust's `web_application_options`: the token check when TAGGER_WEB_TOKEN is set."""
+    if settings.web_token is None:
+        return {}
+    return {"middlewares": [require_bearer_token(settings.web_token.reveal())]}
+
+
+def require_bearer_token(token: str) -> Any:
+    """Build an aiohttp middleware that returns 401 unless `Authorization: Bearer <token>`.
+
+    Every path except /healthz requires the token, /metrics included.
+    """
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path in _OPEN_PATHS:
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        # A constant-time comparison, so response times reveal nothing of the token.
+        if not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {
+                    "error": "missing or invalid bearer token: send Authorization: "
+                    "Bearer <token>; tagger explain sends TAGGER_WEB_TOKEN"
+                },
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await handler(request)
+
+    return check_token
 
 
 def register_views(runtime: TaggerRuntime) -> None:

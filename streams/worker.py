@@ -14,7 +14,9 @@ from tagger.streams.app import TaggerRuntime, TaggerWorker, build_app
 from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.mirror import MirrorWriter
+from tagger.streams.mirror_marker import MARKER_CHECK_INTERVAL_S, MirrorMarker, marker_key
 from tagger.streams.rulebook_versions import VersionGate, rulebook_text
+from tagger.streams.security import kafka_python_args
 from tagger.streams.topics import check_topics, create_topics
 
 __all__ = ["build_runtime", "run_worker"]
@@ -50,7 +52,7 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
             + " (fix the topics or TAGGER_PARTITIONS, then start again)"
         )
 
-    cluster_id = broker_cluster_id(settings.kafka_bootstrap_servers)
+    cluster_id = broker_cluster_id(settings.kafka_bootstrap_servers, **kafka_python_args(settings))
     fix = settings.broker_end_offset_fix
     probe = fix == "on" or (fix == "auto" and needs_probe(cluster_id))
     if probe:
@@ -73,36 +75,78 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
     app = runtime.app
 
     class MirrorService(mode.Service):
-        """Starts the mirror writer with the app and flushes it when the app stops."""
+        """Starts the mirror writer with the app, watches Redis for lost data, flushes on stop."""
 
         async def on_start(self) -> None:
             mirror.start()
-            self.add_future(self._write_rulebook())
+            self.add_future(self._watch_mirror())
             await gate.start()
 
-        async def _write_rulebook(self) -> None:
-            # Redis may be down at start; the worker consumes anyway and the
-            # labels arrive once Redis answers.
-            delay = 1.0
-            while not self.should_stop:
-                try:
-                    await mirror.write_rulebook(rulebook.describe(), rulebook.version)
-                except Exception as exc:
-                    log.warning(
-                        "rulebook labels not written to Redis, retrying",
-                        error=repr(exc),
-                        retry_in_s=delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30.0)
-                    continue
-                log.info("rulebook labels written to Redis", version=rulebook.version)
-                return
+        async def _watch_mirror(self) -> None:
+            # Redis may be down at start; the worker consumes anyway, and the
+            # labels and the marker arrive once Redis responds.
+            marker = MirrorMarker(settings)
+            registered = False
+            failing = False
+            delay = MARKER_CHECK_INTERVAL_S
+            try:
+                while not self.should_stop:
+                    try:
+                        if not registered:
+                            await _register(marker, first=True)
+                            registered = True
+                        elif not await marker.intact():
+                            await _register(marker, first=False)
+                    except Exception as exc:
+                        if not failing:
+                            log.warning(
+                                "mirror marker check failed, retrying",
+                                error=repr(exc),
+                                retry_in_s=delay,
+                            )
+                        failing = True
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 30.0)
+                        continue
+                    failing = False
+                    delay = MARKER_CHECK_INTERVAL_S
+                    await asyncio.sleep(MARKER_CHECK_INTERVAL_S)
+            finally:
+                await marker.close()
 
         async def on_stop(self) -> None:
             await gate.stop()
             await mirror.stop(flush_timeout=_MIRROR_FLUSH_ON_STOP_S)
             log.info("mirror stopped", pending=mirror.pending_count)
+
+    async def _register(marker: MirrorMarker, *, first: bool) -> None:
+        """Write the rulebook hash and this worker's marker field; resync when data was lost."""
+        processor = runtime.processor
+        await mirror.write_rulebook(rulebook.describe(), rulebook.version)
+        outcome = await marker.register()
+        if first:
+            log.info("rulebook labels written to Redis", version=rulebook.version)
+        if first and outcome == "present":
+            return
+        if first:
+            # Partitions assigned before or after this point may have
+            # customers Redis no longer holds, including ones it confirmed.
+            processor.resubmit_on_assign = True
+            log.warning(
+                "mirror marker missing or just re-created in Redis (a new Redis, or one "
+                "that lost data while no worker ran): re-submitting every customer",
+                marker=marker_key(settings.redis_prefix),
+                outcome=outcome,
+            )
+        else:
+            log.warning(
+                "Redis lost mirror data (marker or rulebook hash missing): "
+                "rulebook labels re-written, re-submitting every customer",
+                marker=marker_key(settings.redis_prefix),
+            )
+        runtime.metrics.mirror_resyncs.inc()
+        submitted = await processor.resync_mirror()
+        log.info("mirror resync submitted", customers=submitted)
 
     app.service(MirrorService)
     log.info(

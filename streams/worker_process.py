@@ -71,9 +71,12 @@ class WorkerProcess:
 
     def status(self) -> dict[str, Any] | None:
         """Return the worker's /status view, or None while it does not answer."""
-        url = f"http://127.0.0.1:{self.settings.web_port}/status"
+        request = urllib.request.Request(f"http://127.0.0.1:{self.settings.web_port}/status")
+        token = self.settings.web_token
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token.reveal()}")
         try:
-            with urllib.request.urlopen(url, timeout=2.0) as response:
+            with urllib.request.urlopen(request, timeout=2.0) as response:
                 data: dict[str, Any] = orjson.loads(response.read())
                 return data
         except (urllib.error.URLError, OSError, ValueError):

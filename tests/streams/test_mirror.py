@@ -406,3 +406,20 @@ async def _wait_until(condition: object, timeout_s: float) -> bool:
             return True
         await asyncio.sleep(0.02)
     return False
+
+
+def test_rulebook_version_field_is_plain(redis_url: str, namespace: str) -> None:
+    """Pins the version field being overwritten by the rulebook's own `__version__` entry."""
+    import redis as redis_sync
+
+    from tagger.rules.rulebook import load_rulebook
+    from tagger.streams.mirror import read_rulebook, write_rulebook
+
+    rulebook = load_rulebook()
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        write_rulebook(client, f"{namespace}:", rulebook.describe(), rulebook.version)
+
+        assert read_rulebook(client, f"{namespace}:")["version"] == rulebook.version
+    finally:
+        client.close()
