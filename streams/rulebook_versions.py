@@ -141,9 +141,8 @@ def activate(settings: Settings, activation: Activation) -> None:
 class VersionGate:
     """Follows the version topic and opens while this worker's version is the active one.
 
-    `on_activated(previous)` runs, awaited, each time the gate opens after the
-    active version was another one (or none), so the worker can re-evaluate
-    its customers under its rulebook.
+    `on_activated(previous)` runs, awaited, each time the gate opens, so the
+    worker can re-evaluate customers decided under another rulebook version.
     """
 
     def __init__(
