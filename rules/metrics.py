@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from tagger.rules.calendar import CALENDAR_PERIODS, DEFAULT_TIMEZONE
 from tagger.rules.expression import (
@@ -35,21 +35,10 @@ __all__ = [
 
 # Event types a metric can count, plus `activity`, which stands for all of ACTIVITY_TYPES.
 TYPE_NAMES: Final[tuple[str, ...]] = (*EVENT_TYPES, "activity")
-METRIC_NAMES: Final[tuple[str, ...]] = (
-    "count",
-    "net_spend",
-    "since",
-    "cart_age",
-    "attribute",
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "count_distinct",
-    "last",
-    "followed_by",
-    "not_followed_by",
-    "has_tag",
+# The names a rulebook may call: every metric kind but the windowed count,
+# which is `count` with a window.
+METRIC_NAMES: Final[tuple[str, ...]] = tuple(
+    kind for kind in get_args(MetricKind) if kind != "count_window"
 )
 # Values one count_distinct keeps: past it, the value seen least recently is
 # dropped, so the metric never reads more than this.

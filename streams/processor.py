@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,17 +208,7 @@ class Processor:
         scanned = 0
         resent: list[Awaitable[Any]] = []
         stale: dict[int, dict[bytes, CustomerState]] = {}
-        customer_keys = list(self.customers.keys())
-        for index, key in enumerate(customer_keys):
-            if index % _CHUNK == 0 and index:
-                await asyncio.sleep(0)
-            p = partition_for(key, self.settings.partitions)
-            if p not in partitions:
-                continue
-            raw = self.customers.get(key)
-            if raw is None:
-                continue
-            state = decode_state(raw)
+        async for p, key, state in self._stored_states(partitions):
             scanned += 1
             ps = self.assigned[p]
             # Changes decided by writes after the last confirmed one may never
@@ -292,6 +282,21 @@ class Processor:
             await asyncio.sleep(0)
         return submitted
 
+    async def _stored_states(
+        self, partitions: set[int]
+    ) -> AsyncIterator[tuple[int, bytes, CustomerState]]:
+        """Yield (partition, key, state) of every stored customer of `partitions`, in chunks."""
+        for index, key in enumerate(list(self.customers.keys())):
+            if index % _CHUNK == 0 and index:
+                await asyncio.sleep(0)
+            p = partition_for(key, self.settings.partitions)
+            if p not in partitions:
+                continue
+            raw = self.customers.get(key)
+            if raw is None:
+                continue
+            yield p, key, decode_state(raw)
+
     def _may_reevaluate(self) -> bool:
         return self.gate is None or self.gate.is_open
 
@@ -300,16 +305,7 @@ class Processor:
         async with self.lock:
             partitions = {p for p, ps in self.assigned.items() if ps.index_ready}
             stale: dict[int, dict[bytes, CustomerState]] = {}
-            for index, key in enumerate(list(self.customers.keys())):
-                if index % _CHUNK == 0 and index:
-                    await asyncio.sleep(0)
-                p = partition_for(key, self.settings.partitions)
-                if p not in partitions:
-                    continue
-                raw = self.customers.get(key)
-                if raw is None:
-                    continue
-                state = decode_state(raw)
+            async for p, key, state in self._stored_states(partitions):
                 if state.rulebook_version != self.rulebook.version:
                     stale.setdefault(p, {})[key] = state
             await self._reevaluate(stale)
