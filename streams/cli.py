@@ -692,6 +692,10 @@ def rules_preview(
     with console.status(f"replaying {len(events)} events through both rulebooks"):
         report = preview(current, new, events, end_clock=end_clock)
     console.print(report.render_text(), highlight=False)
+    from tagger.rules.history import history_gaps
+
+    for gap in history_gaps(current, new):
+        console.print(f"note: {gap}", highlight=False)
     if skipped:
         console.print(f"{skipped} invalid events were left out", highlight=False)
     if diff_path:

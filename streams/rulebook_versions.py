@@ -180,7 +180,13 @@ class VersionGate:
         )
 
     async def wait_open(self) -> None:
-        """Return once this worker may consume."""
+        """Return once this worker may consume.
+
+        NOTE: a batch waits here unacknowledged, so a paused worker stops only
+        when Faust gives up waiting for it, and a rebalance that revokes its
+        partitions waits as long; giving up early instead made Faust commit
+        the batch unprocessed.
+        """
         if self._open.is_set():
             return
         log.warning("waiting for the rulebook version to be activated", reason=self.reason)

@@ -65,3 +65,20 @@ def test_preview_diffs_two_rulebooks(tmp_path: Path) -> None:
     assert rows
     assert {row["tag"] for row in rows} <= {"medium_value", "low_value", "high_value"}
     assert any(row["tag"] == "medium_value" and row["change"] == "added" for row in rows)
+
+
+def test_preview_names_metrics_without_history(tmp_path: Path) -> None:
+    new = tmp_path / "wider.yaml"
+    new.write_text(
+        _default_text().replace(
+            "when: count(campaign_join, 30d) >= 1", "when: count(campaign_join, 60d) >= 1", 1
+        ),
+        encoding="utf-8",
+    )
+    history = tmp_path / "history.jsonl"
+    history.write_bytes(b"\n".join(orjson.dumps(e) for e in simulate(seed=3, customers=20)))
+
+    result = _tagger("rules", "preview", str(new), "--history", str(history))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "`count(campaign_join, 60d)` holds only the last 30 days" in result.stdout
