@@ -360,6 +360,8 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
             f"  {change['customer_id']} {change['action']} {change['tag']} "
             f"at {_iso(change['at'])}: {reason.get('when', '')}  [{values}]",
             highlight=False,
+            # The square brackets would otherwise be read as rich markup and dropped.
+            markup=False,
         )
 
 

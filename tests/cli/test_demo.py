@@ -44,6 +44,8 @@ def test_demo_summary_matches_redis(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "customers per tag" in result.stdout
     assert "example tag changes" in result.stdout
+    # Each example shows the metric values behind it.
+    assert "[count(activity) = 1, count(purchase) = 0]" in result.stdout
     summary = orjson.loads(summary_path.read_bytes())
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     counts = {row["tag"]: row["customers"] for row in summary["tags"]}
