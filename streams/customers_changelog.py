@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-import kafka.errors
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from tagger.errors import MirrorError
 from tagger.rules.state import decode_state
 from tagger.streams.config import Settings
-from tagger.streams.security import kafka_python_args
+from tagger.streams.readers import standalone_consumer
 from tagger.streams.topics import TopicError
 
 __all__ = ["ChangelogReader", "TableCustomer", "changelog_topic"]
@@ -60,19 +59,7 @@ class ChangelogReader:
         self.topic = changelog_topic(settings)
         self.customers: dict[str, TableCustomer] = {}
         self.records = 0
-        try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-                client_id=f"{settings.app_id}-mirror-tools",
-                group_id=None,
-                enable_auto_commit=False,
-                **kafka_python_args(settings),
-            )
-        except kafka.errors.KafkaError as exc:
-            raise TopicError(
-                f"cannot reach the Kafka brokers at {settings.kafka_bootstrap_servers}: {exc}; "
-                "check KAFKA_BOOTSTRAP_SERVERS"
-            ) from exc
+        self._consumer = standalone_consumer(settings, "mirror-tools")
         partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
             self._consumer.close()

@@ -81,7 +81,7 @@ def with_security_from_env(settings: Settings) -> Settings:
 
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
-    """What `tagger demo` was asked to do; the CLI options of the same names."""
+    """Options of one `tagger demo` run, named as the CLI options are."""
 
     data_file: str | None = None
     customers: int = 300
@@ -369,7 +369,11 @@ def _print_try_commands(console: Console, settings: Settings, summary: dict[str,
     examples = summary["examples"]
     customer = examples[0]["customer_id"] if examples else "<customer_id>"
     held = [row["tag"] for row in summary["tags"] if row["customers"]]
-    tag = "hesitant" if "hesitant" in held else (held[0] if held else "<tag>")
+    tag = "<tag>"
+    if "hesitant" in held:
+        tag = "hesitant"
+    elif held:
+        tag = held[0]
     prefix = settings.redis_prefix
     console.print("running until Ctrl-C; in another terminal, with the same virtualenv:")
     console.print(

@@ -67,9 +67,9 @@ _OUTBOX_CHECKPOINT = 64
 # would move their partition's clock to the wall time at once, and no
 # producer's clock is that far off.
 _MAX_FUTURE_MS = 24 * 3_600_000
-# Confirmations from Redis wait here until their customer is next loaded;
-# past this many the oldest half is dropped, which only makes those
-# customers' next mirror write a repeat.
+# Confirmations from Redis wait until their customer is next loaded. Past
+# this many the oldest half is dropped, which only makes those customers'
+# next mirror write a repeat.
 _MAX_PENDING_CONFIRMATIONS = 200_000
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "TagView",
     "customer_tags",
     "describe_tag",
+    "standalone_consumer",
     "tag_members",
     "tail_changes",
 ]
@@ -166,7 +167,7 @@ def tail_changes(
     the topic does not exist or the brokers cannot be reached.
     """
     topic = settings.tag_change_topic
-    consumer = _consumer(settings)
+    consumer = standalone_consumer(settings, "tail")
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(_partitions(consumer, topic))]
         consumer.assign(partitions)
@@ -207,11 +208,15 @@ def tail_changes(
         consumer.close()
 
 
-def _consumer(settings: Settings) -> KafkaConsumer:
+def standalone_consumer(settings: Settings, purpose: str) -> KafkaConsumer:
+    """Create a kafka-python consumer with no group, for reading topics from the CLI.
+
+    Raises TopicError naming KAFKA_BOOTSTRAP_SERVERS when no broker answers.
+    """
     try:
         return KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-            client_id=f"{settings.app_id}-tail",
+            client_id=f"{settings.app_id}-{purpose}",
             group_id=None,
             enable_auto_commit=False,
             **kafka_python_args(settings),

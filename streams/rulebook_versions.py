@@ -183,8 +183,8 @@ class VersionGate:
         """Return once this worker may consume.
 
         NOTE: a batch waits here unacknowledged, so a paused worker stops only
-        when Faust gives up waiting for it, and a rebalance that revokes its
-        partitions waits as long; giving up early instead made Faust commit
+        when Faust gives up waiting for it. A rebalance that revokes its
+        partitions waits as long. Giving up early instead made Faust commit
         the batch unprocessed.
         """
         if self._open.is_set():
