@@ -92,9 +92,41 @@ class Engine:
             if rule.per is not None:
                 self._per_rules.setdefault(rule.per, []).append(rule)
 
-    def new_state(self, customer_id: str) -> CustomerState:
-        """Return the state of a customer never seen before."""
-        return CustomerState(customer_id=customer_id, rulebook_version=self.rulebook.version)
+    def new_state(self, customer_id: str, *, epoch: int = 0) -> CustomerState:
+        """Return the state of a customer never seen before, or not seen since an erasure.
+
+        `epoch` is the customer's epoch after its last erasure (0 when it was
+        never erased), so that its change ids never repeat an erased one.
+        """
+        return CustomerState(
+            customer_id=customer_id, epoch=epoch, rulebook_version=self.rulebook.version
+        )
+
+    def erase(
+        self, state: CustomerState, *, at: int, now: int, request_id: str | None = None
+    ) -> tuple[TagChange, ...]:
+        """Remove every tag of the customer and return the removals, with source `erasure`.
+
+        The removals continue the sequence of the customer's current epoch,
+        so their change ids are new, and hold from `at` (the partition clock,
+        raised to the customer's own clock). Their reasons carry no metric
+        values. The caller deletes the state afterwards.
+        """
+        time = max(at, state.clock)
+        changes: list[TagChange] = []
+        for tag in sorted(state.tags, key=self._tag_order):
+            rule = MANUAL_GROUP if _is_manual(tag) else tag.split(":", 1)[0]
+            reason: dict[str, Any] = {"rule": rule, "when": "", "values": {}}
+            if request_id is not None:
+                reason["erasure_request_id"] = request_id
+            changes.append(
+                self._record(
+                    state, tag, "removed", at=time, now=now, source="erasure", reason=reason
+                )
+            )
+        state.tags.clear()
+        state.due = None
+        return tuple(changes)
 
     def start_batch(self, state: CustomerState) -> None:
         """Start a new batch for this customer: the next change recorded empties the outbox first.
@@ -509,7 +541,8 @@ class Engine:
             at=at,
             emitted_at=now,
             rulebook_version=self.rulebook.version,
-            source="manual" if _is_manual(tag) else source,
+            # An erasure removes manual tags too, with source `erasure`.
+            source="manual" if _is_manual(tag) and source != "erasure" else source,
             reason=reason,
             group=self.rulebook.group_for(tag),
             labels=self.rulebook.labels_for(tag),

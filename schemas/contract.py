@@ -17,9 +17,15 @@ from jsonschema import Draft202012Validator
 
 __all__ = ["SCHEMA_NAMES", "SchemaName", "load_schema", "schema_errors"]
 
-SchemaName = Literal["event", "clock", "tag_change", "dead_letter"]
+SchemaName = Literal["event", "clock", "tag_change", "dead_letter", "erasure_request"]
 
-SCHEMA_NAMES: Final[tuple[SchemaName, ...]] = ("event", "clock", "tag_change", "dead_letter")
+SCHEMA_NAMES: Final[tuple[SchemaName, ...]] = (
+    "event",
+    "clock",
+    "tag_change",
+    "dead_letter",
+    "erasure_request",
+)
 
 
 def load_schema(name: SchemaName) -> dict[str, Any]:

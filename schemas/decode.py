@@ -25,6 +25,7 @@ __all__ = [
     "KeyMismatch",
     "decode_event",
     "encode_event",
+    "parse_customer_id",
 ]
 
 # Real events are a few hundred bytes, so this only bounds the cost of parsing one record.
@@ -232,6 +233,11 @@ def _id(value: Any, field: str) -> str:
         f"{field}: expected a string of 1 to {MAX_ID_CHARS} characters or an integer"
         f" from 0 to {MAX_INTEGER_ID}, got {show_value(value)}",
     )
+
+
+def parse_customer_id(value: Any) -> str:
+    """Return a valid customer_id unchanged; raise InvalidEvent `invalid_customer_id` if not."""
+    return _customer_id(value)
 
 
 def _customer_id(value: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,19 +15,23 @@ from prometheus_client import CollectorRegistry
 from tagger.rules.rulebook import Rulebook
 from tagger.streams.config import Settings
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
+from tagger.streams.input_guard import InputGuard
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.processor import InboundRecord, Processor
-from tagger.streams.rulebook_versions import VersionGate
+from tagger.streams.rulebook_versions import BatchAbandoned, VersionGate
 from tagger.streams.security import faust_app_args
 from tagger.streams.web import register_views, web_application_options
 
-__all__ = ["TaggerApp", "TaggerRuntime", "TaggerWorker", "build_app"]
+__all__ = ["BATCH_FAILED_EXIT_CODE", "TaggerApp", "TaggerRuntime", "TaggerWorker", "build_app"]
 
 log = structlog.get_logger(__name__)
 
 # The live clock and lag gauges are refreshed this often (seconds); firing a
 # time-driven change lags its due time by at most this plus the live clock lag.
 _TICK_INTERVAL_S = 0.25
+# Exit code of a worker whose batch raised (EX_SOFTWARE): a supervisor
+# restarts it, and the batch is consumed again.
+BATCH_FAILED_EXIT_CODE = 70
 
 
 @dataclass(slots=True)
@@ -42,8 +48,12 @@ class TaggerRuntime:
     gate: VersionGate | None = None
 
     def input_partitions(self, partition: int) -> list[TP]:
-        """Return the input and repartition topic-partitions that feed one table partition."""
-        topics = (*self.settings.input_topics, self.settings.repartition_topic)
+        """Return the input, repartition and erasure topic-partitions of one table partition."""
+        topics = (
+            *self.settings.input_topics,
+            self.settings.repartition_topic,
+            self.settings.erasure_topic,
+        )
         return [TP(topic, partition) for topic in topics]
 
     def lag(self, tp: TP) -> int | None:
@@ -75,7 +85,7 @@ class TaggerRuntime:
         return True
 
 
-def build_app(
+def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
     settings: Settings,
     rulebook: Rulebook,
     *,
@@ -114,9 +124,12 @@ def build_app(
         **faust_app_args(settings),
     )
 
+    # Erasure requests share the agent with events, so they are applied in
+    # the same batches, under the same lock, in offset order.
     source = app.topic(
         *settings.input_topics,
         settings.repartition_topic,
+        settings.erasure_topic,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -133,6 +146,16 @@ def build_app(
     )
     partition_records = app.Table(
         "partitions",
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,
+    )
+    # Erased customers: their next epoch and the input positions read before
+    # the erasure (see streams/erasures.py). Keyed and partitioned like `customers`.
+    erasures = app.Table(
+        "erasures",
         default=None,
         partitions=settings.partitions,
         key_type=bytes,
@@ -168,6 +191,8 @@ def build_app(
         mirror_submit=None if mirror is None else mirror.submit,
         gate=gate,
         flush=app.producer.flush,
+        erasures=erasures,
+        mirror_erase=None if mirror is None else mirror.erase,
     )
     runtime = TaggerRuntime(
         app=app,
@@ -179,6 +204,8 @@ def build_app(
         mirror=mirror,
         gate=gate,
     )
+
+    guard = _input_guard(runtime)
 
     @app.agent(source, name=f"{settings.app_id}.process")
     async def process(stream: Any) -> None:
@@ -198,12 +225,38 @@ def build_app(
                 )
                 for event in events
             ]
-            await processor.handle_batch(records)
+            records = await guard.admit(records)
+            if not records:
+                continue
+            try:
+                await processor.handle_batch(records)
+            except BatchAbandoned:
+                # Stopping while the rulebook version is not active: the batch
+                # stays unprocessed, and the commit fence keeps it uncommitted.
+                continue
+            except Exception:
+                # Events are applied with their input positions, so a batch
+                # skipped now would count as already applied when consumed
+                # again. Exiting leaves its offsets uncommitted instead: the
+                # next worker consumes it, and what was written repeats
+                # byte-identically.
+                log.critical(
+                    "batch failed, exiting so that it is consumed again",
+                    exit_code=BATCH_FAILED_EXIT_CODE,
+                    records=len(records),
+                    first={f"{r.topic}/{r.partition}": r.offset for r in reversed(records)},
+                    exc_info=True,
+                )
+                logging.shutdown()
+                os._exit(BATCH_FAILED_EXIT_CODE)
+            guard.processed(records)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
-        processor.revoke(tp.partition for tp in revoked if tp.topic in settings.input_topics)
+        partitions = {tp.partition for tp in revoked if tp.topic in settings.input_topics}
+        processor.revoke(partitions)
+        guard.forget(partitions)
 
     async def on_recovered() -> None:
         actives = {
@@ -230,8 +283,28 @@ def build_app(
             metrics.mirror_pending.set(mirror.pending_count)
         if gate is not None:
             metrics.rulebook_active.set(1 if gate.is_open else 0)
+        await guard.retry()
         await processor.tick(runtime.caught_up)
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
     register_views(runtime)
     return runtime
+
+
+def _input_guard(runtime: TaggerRuntime) -> InputGuard:
+    """Create the agent's input guard and fence the app's commits with it."""
+    app = runtime.app
+
+    async def seek(tp: TP, offset: int) -> None:
+        # seek_wait seeks inside the consumer's thread and resets Faust's
+        # read offset, so the records read again are delivered.
+        await app.consumer.seek_wait({tp: offset})
+
+    guard = InputGuard(
+        {tp.topic for tp in runtime.input_partitions(0)},
+        seek,
+        on_gap=runtime.metrics.errors.labels("input_gap").inc,
+    )
+    # Commits never pass the first record not processed, whatever Faust acknowledged.
+    app.commit_fence = guard.commit_limit
+    return guard

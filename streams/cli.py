@@ -214,6 +214,9 @@ def worker(**options: Any) -> None:
     TAGGER_MIRROR_TIMEOUT_S=1.0         Redis socket timeout of the mirror, seconds
     TAGGER_BROKER_END_OFFSET_FIX=auto   read changelogs to their true end: auto|on|off
     TAGGER_WALL_CLOCK_OFFSET_MS=0       shift the wall clock (tests only)
+    TAGGER_SHUTDOWN_TIMEOUT_S=25        exit with code 3 when a stop takes longer, seconds
+    TAGGER_RECOVERY_LOG_INTERVAL_S=10   table recovery progress log interval, seconds
+    TAGGER_RECOVERY_STALL_S=30          warn when recovery makes no progress this long, seconds
 
     Security (see docs/security.md); a secret also reads from <VAR>_FILE:
 
@@ -243,7 +246,7 @@ def topics() -> None:
 @topics.command("create")
 @_options(_KAFKA, _TOPICS, _LOG)
 def topics_create(**options: Any) -> None:
-    """Create the input, repartition, tag-change and dead-letter topics where missing."""
+    """Create the input, repartition, erasure, tag-change and dead-letter topics where missing."""
     settings = _settings(**options)
     configure_logging("warning", quiet_kafka=True)
     from tagger.streams.topics import create_topics
@@ -499,6 +502,74 @@ def tail(
             sys.stdout.flush()
     except KeyboardInterrupt:
         return
+
+
+# -- erasure -----------------------------------------------------------------------------
+
+
+@cli.command()
+@_options(_KAFKA, [_TOPICS[3]])
+@click.argument("customer")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until the worker group has applied the request.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds --wait waits before it gives up.",
+)
+def forget(customer: str, wait: bool, timeout_s: float, **options: Any) -> None:
+    """Erase CUSTOMER: delete its state, tags and Redis keys (a data-subject request).
+
+    Sends an erasure request to the topic <app_id>-erasures. The worker that
+    owns the customer publishes a `removed` change with source `erasure` for
+    every tag it held and deletes its state and Redis keys. It also starts a
+    new epoch for the id, so that a returning customer's change ids are new.
+    Exits 1 when --wait times out; the request then stays queued and is
+    applied when a worker runs.
+    """
+    settings = _settings(**options)
+    configure_logging("warning", quiet_kafka=True)
+    from tagger.errors import InvalidEvent
+    from tagger.schemas.decode import parse_customer_id
+    from tagger.streams.forget import send_erasure_request, wait_until_applied
+
+    try:
+        parse_customer_id(customer)
+    except InvalidEvent as exc:
+        raise click.BadParameter(exc.detail, param_hint="CUSTOMER") from exc
+    sent = send_erasure_request(settings, customer)
+    console.print(
+        f"erasure request {sent.request.request_id} for customer {customer!r} sent to "
+        f"{sent.topic} (partition {sent.partition}, offset {sent.offset})",
+        highlight=False,
+    )
+    if not wait:
+        console.print(
+            "not waiting: the worker group applies it in order with the customer's events"
+        )
+        return
+    if wait_until_applied(settings, sent, timeout_s):
+        console.print(
+            f"done: worker group {settings.app_id!r} erased customer {customer!r}; its Redis "
+            "keys are deleted by the mirror writer right after",
+            highlight=False,
+        )
+        return
+    err_console.print(
+        f"timed out after {timeout_s:g} s: worker group {settings.app_id!r} has not applied "
+        f"the request yet. It stays queued in {sent.topic} and is applied when a worker "
+        "of the group runs. Do not send it again: a second request erases the customer "
+        "again, including anything it did after the first one",
+        highlight=False,
+    )
+    sys.exit(1)
 
 
 # -- explain ----------------------------------------------------------------------------

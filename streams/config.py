@@ -107,6 +107,16 @@ class Settings:
     redis_ssl_ca_certs: str | None = None
     # Bearer token every web view but /healthz requires when it is set.
     web_token: Secret | None = None
+    # Table recovery logs its progress at most this often (seconds), and
+    # warns "recovery stalled" when no changelog record arrived for
+    # `recovery_stall_s` while records remain.
+    recovery_log_interval_s: float = 10.0
+    recovery_stall_s: float = 30.0
+    # After SIGTERM or SIGINT, a worker that has not stopped within this many
+    # seconds logs what is still pending and exits with code 3, committing
+    # nothing more. Below the 30 s that Docker Compose (stop_grace_period here)
+    # and Kubernetes wait before SIGKILL, so the worker's own report comes first.
+    shutdown_timeout_s: float = 25.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,6 +134,11 @@ class Settings:
     def repartition_topic(self) -> str:
         """Internal topic for records that arrive on the wrong partition or with the wrong key."""
         return f"{self.app_id}-events-by-customer"
+
+    @property
+    def erasure_topic(self) -> str:
+        """Internal topic of erasure requests (`tagger forget`), keyed like the input topics."""
+        return f"{self.app_id}-erasures"
 
     @property
     def rulebook_topic(self) -> str:
@@ -156,6 +171,12 @@ class Settings:
             )
         if self.batch_size < 1:
             raise ConfigError(f"invalid batch size {self.batch_size}: must be 1 or more")
+        for name in ("recovery_log_interval_s", "recovery_stall_s", "shutdown_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(
+                    f"invalid value {value} for {_env_name(name)}: must be more than 0 seconds"
+                )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"invalid Redis URL {self.redacted()['redis_url']!r}: set REDIS_URL to "

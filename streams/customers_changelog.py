@@ -13,6 +13,7 @@ from kafka import TopicPartition
 from tagger.errors import MirrorError
 from tagger.rules.state import decode_state
 from tagger.streams.config import Settings
+from tagger.streams.mirror_lua import mirror_seq
 from tagger.streams.readers import standalone_consumer
 from tagger.streams.topics import TopicError
 
@@ -36,7 +37,10 @@ Progress = Callable[[int, int, int], None]
 
 @dataclass(frozen=True, slots=True)
 class TableCustomer:
-    """One customer as stored in the table: change seq and tag -> since (epoch ms)."""
+    """One customer as stored in the table: `mirror_seq` and tag -> since (epoch ms).
+
+    `seq` combines the epoch and the change sequence as the mirror's seq key does.
+    """
 
     seq: int
     tags: dict[str, int]
@@ -139,7 +143,9 @@ class ChangelogReader:
                 f"customer state at {record.topic}/{record.partition}@{record.offset} "
                 f"(customer {customer_id!r}) could not be decoded: {exc}"
             ) from exc
-        self.customers[customer_id] = TableCustomer(state.seq, dict(state.tags))
+        self.customers[customer_id] = TableCustomer(
+            mirror_seq(state.epoch, state.seq), dict(state.tags)
+        )
 
     def _passed(self, reported: dict[TopicPartition, int]) -> bool:
         return all(self._consumer.position(tp) >= int(end) for tp, end in reported.items())

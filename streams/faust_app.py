@@ -1,33 +1,127 @@
-"""Faust's App and Worker, adapted: end-offset probing on Tansu, no DEBUG root logger."""
+"""Faust's App, Consumer and Worker, adapted.
+
+The app reads changelogs to their true end on Tansu. Its consumer keeps
+offset commits behind a commit fence while the worker stops. The worker
+reports a stop request before Faust starts stopping, and keeps the root
+logger out of DEBUG.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+import structlog
+from faust.transport.drivers.aiokafka import Consumer as FaustAiokafkaConsumer
+from faust.types import TP
 
 from tagger.streams.end_offsets import EndOffsetProbingConsumer
+from tagger.streams.group_leave import leave_group
 from tagger.streams.logs import quiet_libraries
 
-__all__ = ["TaggerApp", "TaggerWorker"]
+__all__ = ["CommitFence", "TaggerApp", "TaggerWorker"]
+
+log = structlog.get_logger(__name__)
+
+# How long a stopping worker waits for the broker to take its LeaveGroup.
+_LEAVE_GROUP_TIMEOUT_S = 5.0
+
+# Return the highest offset that may be committed for a topic-partition, or
+# None when its commits are not limited.
+CommitFence = Callable[[TP], int | None]
+
+
+class _FencedCommits:
+    """Consumer mixin: commit offsets no higher than the app's commit fence allows.
+
+    Faust commits every offset its streams acknowledged. A batch the worker
+    skipped is acknowledged too, once the agent requests the next one. So
+    while the fence is up, a commit stops at the first record not processed.
+    Lowering a commit leaves that topic-partition uncommitted for the rest of
+    the process (Faust then sees a gap before its acknowledged offsets), which
+    is why the worker raises the fence only when it stops.
+    """
+
+    app: Any
+    _committed_offset: Any
+
+    def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        offsets: dict[TP, int] = super()._filter_committable_offsets(tps)  # type: ignore[misc]
+        fence: CommitFence | None = getattr(self.app, "commit_fence", None)
+        if fence is None:
+            return offsets
+        allowed: dict[TP, int] = {}
+        held_back: dict[str, tuple[int, int]] = {}
+        for tp, offset in offsets.items():
+            limit = fence(tp)
+            if limit is None or offset <= limit:
+                allowed[tp] = offset
+                continue
+            held_back[f"{tp.topic}[{tp.partition}]"] = (offset, limit)
+            committed = self._committed_offset.get(tp)
+            if limit > (committed if committed is not None else -1):
+                allowed[tp] = limit
+        if held_back:
+            log.warning(
+                "offset commit held back at the first unprocessed record",
+                partitions={
+                    name: {"acknowledged": acked, "limit": limit}
+                    for name, (acked, limit) in held_back.items()
+                },
+            )
+        return allowed
+
+
+class FencedConsumer(_FencedCommits, FaustAiokafkaConsumer):
+    """Faust's aiokafka consumer with the commit fence."""
+
+
+class FencedProbingConsumer(_FencedCommits, EndOffsetProbingConsumer):
+    """The end-offset probing consumer with the commit fence."""
 
 
 class TaggerApp(faust.App):
-    """A Faust app whose consumer can read changelogs to their true end on Tansu."""
+    """A Faust app whose consumer reads changelogs to their true end on Tansu and
+    keeps commits behind `commit_fence` while it is set."""
 
     probe_end_offsets = False
+    commit_fence: CommitFence | None = None
 
     def _new_transport(self) -> Any:
         transport = super()._new_transport()
-        if self.probe_end_offsets:
-            # Faust reads the consumer class from the transport instance.
-            transport.Consumer = EndOffsetProbingConsumer  # type: ignore[misc]
+        # Faust reads the consumer class from the transport instance.
+        transport.Consumer = (  # type: ignore[misc]
+            FencedProbingConsumer if self.probe_end_offsets else FencedConsumer
+        )
         return transport
+
+    async def _stop_consumer(self) -> None:
+        # Faust has drained the streams and committed when this returns; the
+        # group then gets this worker's partitions at once, not after the
+        # session timeout.
+        await super()._stop_consumer()
+        await leave_group(self, timeout_s=_LEAVE_GROUP_TIMEOUT_S)
 
 
 class TaggerWorker(faust.Worker):
-    """Faust's worker without its terminal spinner, which forces the root logger to DEBUG."""
+    """Faust's worker without its terminal spinner, which forces the root logger to DEBUG.
+
+    `on_stop_requested(signal)` runs once, on the first SIGTERM or SIGINT,
+    before Faust starts stopping the app.
+    """
+
+    on_stop_requested: Callable[[signal.Signals], None] | None = None
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         quiet_libraries(level or logging.INFO)
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        # mode-streaming 0.7 sets `_signal_stop_time` on the first signal and
+        # ignores the later ones.
+        first = not self._signal_stop_time
+        if first and self.on_stop_requested is not None:
+            self.on_stop_requested(signal)
+        super()._schedule_shutdown(signal)

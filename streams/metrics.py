@@ -26,6 +26,7 @@ class TaggerMetrics:
     duplicate_events: Counter
     late_events: Counter
     repartitioned_events: Counter
+    erasures: Counter
     tag_changes: Counter
     mirror_writes: Counter
     mirror_pending: Gauge
@@ -69,6 +70,11 @@ class TaggerMetrics:
             repartitioned_events=Counter(
                 "tagger_repartitioned_events_total",
                 "Records with a wrong key or partition, forwarded to the repartition topic.",
+                registry=registry,
+            ),
+            erasures=Counter(
+                "tagger_erasures_total",
+                "Erasure requests applied (`tagger forget`); a repeated request is not counted.",
                 registry=registry,
             ),
             tag_changes=Counter(

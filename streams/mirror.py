@@ -4,7 +4,7 @@ Keys (prefix from the settings, default `tagger:`; see `mirror_lua` for the scri
 
 - `<prefix>customer:<id>`: hash, tag -> since (epoch ms)
 - `<prefix>tag:<tag>`: sorted set of customer ids scored by since
-- `<prefix>seq:<id>`: last change sequence applied for the customer
+- `<prefix>seq:<id>`: `mirror_seq` (epoch and change sequence) last applied for the customer
 - `<prefix>rulebook`: hash, tag or rule id -> JSON labels, plus `__version__`
 """
 
@@ -16,7 +16,7 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict, cast
 
@@ -32,8 +32,11 @@ from tagger.streams.config import Settings
 from tagger.streams.mirror_lua import (
     APPLY_SCRIPT,
     APPLY_SCRIPT_SHA,
+    ERASE_SCRIPT,
+    ERASE_SCRIPT_SHA,
     apply_arguments,
     customer_key,
+    erase_arguments,
     rulebook_key,
     tag_key,
 )
@@ -90,13 +93,17 @@ class _Update:
     customer_id: str
     seq: int
     tags: dict[str, int]
+    # True for an erasure: `seq` is the fence and `tags` the tags to unset.
+    erase: bool = False
 
 
 class MirrorWriter:
     """Writes customers' current tags to Redis in the background, never blocking the caller.
 
-    `submit` queues a customer's full tag set with its change sequence;
-    only the newest sequence per customer is kept. A task started by
+    `submit` queues a customer's full tag set with its `mirror_seq`, and
+    `erase` queues the deletion of an erased customer's keys; only the
+    newest per customer is kept, so an erasure replaces the queued writes
+    of the epochs it ends. A task started by
     `start` sends queued customers in pipelines of script calls. When Redis
     fails or times out the customers stay queued and are retried with
     exponential backoff; one warning is logged when writes start failing and
@@ -157,21 +164,39 @@ class MirrorWriter:
     def submit(self, customer_id: str, seq: int, tags: Mapping[str, int]) -> None:
         """Queue the customer's full current tag set (tag -> since, epoch ms) at `seq`.
 
-        Returns at once and never raises. `seq` must grow with every change
-        of the customer, across erasures too, because Redis ignores a
-        sequence that is not above the one it holds.
+        Returns at once and never raises. `seq` is a `mirror_seq`: it must
+        grow with every change of the customer, across erasures too, because
+        Redis ignores a sequence that is not above the one it holds.
         """
         try:
-            queued = self._pending.get(customer_id)
-            if queued is not None and queued.seq >= seq:
-                return
             update = _Update(customer_id, int(seq), {str(t): int(s) for t, s in tags.items()})
-            self._pending[customer_id] = update
-            self._idle.clear()
-            self._wake.set()
+            self._queue(update)
         except Exception:
             log.exception("mirror submit failed", customer_id=customer_id, seq=seq)
             self._emit_outcome("failed", 1)
+
+    def erase(self, customer_id: str, fence: int, tags: Iterable[str]) -> None:
+        """Queue the deletion of an erased customer's hash and tag-set memberships.
+
+        `fence` is `mirror_seq(new epoch, 0)`: Redis keeps it in the seq key,
+        so a write of an erased epoch that arrives later changes nothing.
+        `tags` are the tags the customer held, whose sets are cleaned too.
+        Returns at once and never raises.
+        """
+        try:
+            update = _Update(customer_id, int(fence), dict.fromkeys(map(str, tags), 0), erase=True)
+            self._queue(update)
+        except Exception:
+            log.exception("mirror erase failed", customer_id=customer_id, fence=fence)
+            self._emit_outcome("failed", 1)
+
+    def _queue(self, update: _Update) -> None:
+        queued = self._pending.get(update.customer_id)
+        if queued is not None and queued.seq >= update.seq:
+            return
+        self._pending[update.customer_id] = update
+        self._idle.clear()
+        self._wake.set()
 
     def start(self) -> None:
         """Start the background task on the running event loop."""
@@ -279,6 +304,7 @@ class MirrorWriter:
         if missing_script:
             # The server restarted or flushed its script cache: load once, send again.
             await self._client.script_load(APPLY_SCRIPT)
+            await self._client.script_load(ERASE_SCRIPT)
             again = dict(zip(missing_script, await self._evalsha_all(missing_script), strict=True))
             replies = [again.get(u, r) for u, r in zip(batch, replies, strict=True)]
 
@@ -315,6 +341,12 @@ class MirrorWriter:
     async def _evalsha_all(self, batch: list[_Update]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             for update in batch:
+                if update.erase:
+                    keys, args = erase_arguments(
+                        self.prefix, update.customer_id, update.seq, update.tags
+                    )
+                    pipe.evalsha(ERASE_SCRIPT_SHA, len(keys), *keys, *args)
+                    continue
                 keys, args = apply_arguments(
                     self.prefix, update.customer_id, update.seq, update.tags
                 )
@@ -325,6 +357,9 @@ class MirrorWriter:
         if self._on_confirmed is None:
             return
         for update in confirmed:
+            # An erased customer has no state left to record the confirmation in.
+            if update.erase:
+                continue
             try:
                 self._on_confirmed(update.customer_id, update.seq)
             except Exception:

@@ -7,14 +7,17 @@ customer's state is never read by one while the other is writing it.
 Order inside a batch, which the delivery guarantees rely on:
 1. Each record is decoded; invalid ones become dead letters, misrouted ones
    are forwarded to the repartition topic, clock messages move clocks.
-2. Valid events are applied in offset order per partition, loading each
-   customer's state once per batch; due changes of other customers fire.
-3. Each customer touched is written to the table once.
+2. Valid events and erasure requests are applied in offset order per
+   partition, loading each customer's state once per batch; due changes of
+   other customers fire.
+3. Each customer touched is written to the table once; an erased one is
+   deleted, and its erasures record written with the changes it published.
 4. Tag changes, dead letters and forwarded records are sent, and the batch
-   waits for every acknowledgement.
+   waits for every acknowledgement. Then the erasures records are written
+   again without those changes.
 5. Each partition's record (clock, confirmed write sequence) is written.
-6. Customers whose tags changed are handed to the Redis mirror, which never
-   blocks this path.
+6. Customers whose tags changed, and erased customers, are handed to the
+   Redis mirror, which never blocks this path.
 Faust commits the batch's offsets only after the agent asks for the next
 batch, and flushes the producer (changelogs included) before committing.
 """
@@ -40,8 +43,16 @@ from tagger.schemas.events import ClockMessage, Event
 from tagger.schemas.tag_change import TagChange, encode_tag_change
 from tagger.streams.clock import PartitionState, partition_record_key
 from tagger.streams.config import Settings
+from tagger.streams.erasures import ErasureRecord
+from tagger.streams.faults import FAULT_ENV, armed_fault, fault_point
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.partitioning import partition_for
+from tagger.streams.processor_erasures import (
+    ErasureSteps,
+    MirrorErase,
+    encode_outbox,
+    mirror_seq_of,
+)
 from tagger.streams.rulebook_versions import VersionGate
 
 __all__ = ["InboundRecord", "Processor", "TableLike"]
@@ -96,6 +107,7 @@ class TableLike:
 
 
 Sender = Callable[[str, bytes | None, bytes], Awaitable[Any]]
+MirrorSubmit = Callable[[str, int, dict[str, int]], None]
 
 
 @dataclass(slots=True)
@@ -108,6 +120,14 @@ class _BatchWork:
     # A redelivered record returns its customer's whole outbox; one copy of
     # each change per batch is enough.
     queued_ids: set[str] = field(default_factory=set)
+    # Erasures records to write in this batch, by customer key, with their
+    # partition. The stored state of each `erased` key is deleted, unless a
+    # state of its next epoch replaced it later in the batch.
+    # `mirror_erasures` maps a customer key to its Redis fence and the tags
+    # whose sets to clean.
+    erasures: dict[bytes, tuple[int, ErasureRecord]] = field(default_factory=dict)
+    erased: set[bytes] = field(default_factory=set)
+    mirror_erasures: dict[bytes, tuple[int, list[str]]] = field(default_factory=dict)
 
     def queue(self, key: bytes, changes: Iterable[TagChange]) -> None:
         """Add changes to publish at the end of the batch, each change_id once."""
@@ -119,7 +139,7 @@ class _BatchWork:
             self.changed.add(key)
 
 
-class Processor:
+class Processor(ErasureSteps):
     """Applies batches of input records to customer state and publishes the results."""
 
     def __init__(
@@ -131,9 +151,11 @@ class Processor:
         partitions: Any,
         send: Sender,
         metrics: TaggerMetrics,
-        mirror_submit: Callable[[str, int, dict[str, int]], None] | None = None,
+        mirror_submit: MirrorSubmit | None = None,
         gate: VersionGate | None = None,
         flush: Callable[[], Awaitable[None]] | None = None,
+        erasures: Any = None,
+        mirror_erase: MirrorErase | None = None,
     ) -> None:
         self.settings = settings
         self.rulebook = rulebook
@@ -143,6 +165,9 @@ class Processor:
         self.send = send
         self.metrics = metrics
         self.mirror_submit = mirror_submit
+        self.mirror_erase = mirror_erase
+        # The erasures table; a plain dict where the caller has none (tests).
+        self.erasures = erasures if erasures is not None else {}
         self.gate = gate
         self.flush = flush if flush is not None else _no_flush
         self.lock = asyncio.Lock()
@@ -157,9 +182,15 @@ class Processor:
         self._partition_keys = {
             p: partition_record_key(p, settings.partitions) for p in range(settings.partitions)
         }
+        fault = armed_fault()
+        if fault is not None:
+            log.warning("a crash point is armed for testing", fault=fault, env=FAULT_ENV)
 
     def confirm_mirrored(self, customer_id: str, seq: int) -> None:
-        """Record that Redis holds the customer's tags up to `seq`, until it is next loaded."""
+        """Record that Redis contains the customer's tags up to `seq`, until it is next loaded.
+
+        `seq` is a `mirror_seq`, which counts across the customer's epochs.
+        """
         confirmed = self.mirror_confirmed
         if seq <= confirmed.get(customer_id, 0):
             return
@@ -198,9 +229,17 @@ class Processor:
                 self.metrics.partition_clock_ms.remove(str(p))
             with contextlib.suppress(KeyError):
                 self.metrics.partition_caught_up.remove(str(p))
-            for topic in (*self.settings.input_topics, self.settings.repartition_topic):
+            topics = (
+                *self.settings.input_topics,
+                self.settings.repartition_topic,
+                self.settings.erasure_topic,
+            )
+            for topic in topics:
                 with contextlib.suppress(KeyError):
                     self.metrics.partition_lag.remove(topic, str(p))
+            # Another worker may move the partition on before it comes back.
+            for topic_partition in [tp for tp in self.processed_offsets if tp[1] == p]:
+                del self.processed_offsets[topic_partition]
             log.info("partition revoked", partition=p)
 
     async def _build_indexes(self, partitions: set[int]) -> None:
@@ -216,17 +255,20 @@ class Processor:
             if state.pseq > ps.confirmed_pseq and state.outbox:
                 for change in state.outbox:
                     resent.append(
-                        self.send(self.settings.tag_change_topic, key, _encode_outbox(change))
+                        self.send(self.settings.tag_change_topic, key, encode_outbox(change))
                     )
             if state.rulebook_version != self.rulebook.version and self._may_reevaluate():
                 stale.setdefault(p, {})[key] = state
                 continue
             ps.due.set(key, state.due)
-            resubmit = state.mirrored_seq < state.seq or (self.resubmit_on_assign and state.seq > 0)
+            seq = mirror_seq_of(state)
+            resubmit = state.mirrored_seq < seq or (self.resubmit_on_assign and state.seq > 0)
             if resubmit and self.mirror_submit is not None:
-                self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
+                self.mirror_submit(state.customer_id, seq, dict(state.tags))
+        settled = await self._recover_erasures(partitions, resent)
         if resent:
             await asyncio.gather(*resent)
+        self._settle_erasures(settled)
         if stale:
             await self._reevaluate(stale)
         for p in partitions:
@@ -277,7 +319,7 @@ class Processor:
                     state = decode_state(raw)
                     if state.seq == 0:
                         continue
-                    self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
+                    self.mirror_submit(state.customer_id, mirror_seq_of(state), dict(state.tags))
                     submitted += 1
             await asyncio.sleep(0)
         return submitted
@@ -353,7 +395,11 @@ class Processor:
             for p in sorted(work.clocks_moved | set(work.states)):
                 await self._fire_due(p, work)
             self._write_states(work)
+            fault_point("states_written")
+            fault_point("batch_raises")
             await self._flush_outputs(work)
+            fault_point("changes_published")
+            self._settle_erasures(work.erasures)
             self._confirm_partitions(work)
             self._submit_to_mirror(work)
             for record in records:
@@ -369,6 +415,9 @@ class Processor:
                 )
 
     async def _handle_record(self, record: InboundRecord, work: _BatchWork) -> None:
+        if record.topic == self.settings.erasure_topic:
+            self._handle_erasure(record, work)
+            return
         try:
             item = decode_event(record.value, key=None, currency=self.rulebook.currency)
         except InvalidEvent as exc:
@@ -444,6 +493,17 @@ class Processor:
         ps.clock = max(ps.clock, min(event.ts, wall))
         ps.last_event_monotonic = time.monotonic()
 
+        if self._applied_before_erasure(record, key, work):
+            # Redelivered input that the erased state had applied: applying
+            # it again would bring the customer back.
+            self.metrics.duplicate_events.inc()
+            log.debug(
+                "event read before its customer's erasure skipped",
+                topic=record.topic,
+                partition=p,
+                offset=record.offset,
+            )
+            return
         state = self._load(p, key, event.customer_id, work)
         try:
             outcome = self.engine.apply(
@@ -506,8 +566,8 @@ class Processor:
         state = states.get(key)
         if state is not None:
             return state
-        raw = self.customers.get(key)
-        state = self.engine.new_state(customer_id) if raw is None else decode_state(raw)
+        raw = None if key in work.erased else self.customers.get(key)
+        state = self._new_state(key, customer_id, work) if raw is None else decode_state(raw)
         confirmed = self.mirror_confirmed.pop(state.customer_id, None)
         if confirmed is not None and confirmed > state.mirrored_seq:
             state.mirrored_seq = confirmed
@@ -559,13 +619,15 @@ class Processor:
                 state.pseq = ps.pseq
                 self.customers[key] = encode_state(state)
                 ps.due.set(key, state.due)
+        self._write_erasures(work)
 
     async def _flush_outputs(self, work: _BatchWork) -> None:
         # The states written for this batch, with the outbox and first
         # `emitted_at` of every change, must be durable before any change is
         # published: a crash in between then re-emits the same bytes.
-        if work.states:
+        if work.states or work.erasures:
             await self.flush()
+            fault_point("changelog_flushed")
         for change in work.changes:
             work.sends.append(self._send_change(change))
         if work.sends:
@@ -590,12 +652,16 @@ class Processor:
         self.metrics.due_index_size.set(sum(len(ps.due) for ps in self.assigned.values()))
 
     def _submit_to_mirror(self, work: _BatchWork) -> None:
+        if self.mirror_erase is not None:
+            for key, (fence, tags) in work.mirror_erasures.items():
+                self.mirror_erase(key.decode(), fence, tags)
         if self.mirror_submit is None:
             return
         for states in work.states.values():
             for state in states.values():
-                if state.seq > state.mirrored_seq:
-                    self.mirror_submit(state.customer_id, state.seq, dict(state.tags))
+                seq = mirror_seq_of(state)
+                if seq > state.mirrored_seq:
+                    self.mirror_submit(state.customer_id, seq, dict(state.tags))
 
     def _dead_letter(
         self, record: InboundRecord, reason: str, detail: str, work: _BatchWork
@@ -659,7 +725,3 @@ class Processor:
 
 async def _no_flush() -> None:
     return None
-
-
-def _encode_outbox(change: dict[str, Any]) -> bytes:
-    return encode_tag_change(TagChange(**change))

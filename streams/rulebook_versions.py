@@ -34,6 +34,7 @@ from tagger.streams.security import aiokafka_args, kafka_python_args
 
 __all__ = [
     "Activation",
+    "BatchAbandoned",
     "VersionGate",
     "activate",
     "read_active",
@@ -47,6 +48,14 @@ _ACTIVE_KEY = b"active"
 # embedded broker's reported end offset cannot be trusted.
 _EMPTY_POLLS_AT_END = 2
 _POLL_TIMEOUT_MS = 500
+
+
+class BatchAbandoned(Exception):
+    """Raised by `VersionGate.wait_open` when the worker stops while a batch waits.
+
+    The batch was not processed. The agent skips it, and the worker's commit
+    fence keeps its offsets uncommitted, so the next worker consumes it.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +167,11 @@ class VersionGate:
         self.on_activated = on_activated
         self.active: Activation | None = None
         self._open = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # Batches given up because the worker stopped while they waited.
+        self.abandoned_batches = 0
 
     @property
     def is_open(self) -> bool:
@@ -173,6 +185,8 @@ class VersionGate:
             return None
         if self.active is None:
             return "the group's active rulebook version is not known yet"
+        if self.active.version == self.rulebook.version:
+            return f"rulebook version {self.active.version} is active, the worker starts consuming"
         return (
             f"rulebook version {self.active.version} is active for group {self.settings.app_id}, "
             f"this worker runs {self.rulebook.version}: restart it with the active rulebook, "
@@ -180,17 +194,42 @@ class VersionGate:
         )
 
     async def wait_open(self) -> None:
-        """Return once this worker may consume.
+        """Return once this worker may consume; raise BatchAbandoned once it is stopping.
 
-        NOTE: a batch waits here unacknowledged, so a paused worker stops only
-        when Faust gives up waiting for it. A rebalance that revokes its
-        partitions waits as long. Giving up early instead made Faust commit
-        the batch unprocessed.
+        A batch waits here unacknowledged. `abandon_waiting` ends the wait, so
+        a paused worker stops at once. The caller must then skip the batch,
+        and the commit fence must be up, or Faust would commit the skipped
+        batch's offsets once the agent moves on.
+
+        NOTE: only stopping ends the wait. A rebalance that revokes a paused
+        worker's partitions still waits for the batch held here.
         """
         if self._open.is_set():
             return
-        log.warning("waiting for the rulebook version to be activated", reason=self.reason)
-        await self._open.wait()
+        if not self._stopping.is_set():
+            log.warning("waiting for the rulebook version to be activated", reason=self.reason)
+            opened = asyncio.ensure_future(self._open.wait())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({opened, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                opened.cancel()
+                stopping.cancel()
+            if self._open.is_set():
+                return
+        self.abandoned_batches += 1
+        if self.abandoned_batches == 1:
+            log.warning(
+                "worker stopping while batches wait for the rulebook version: they are "
+                "skipped unprocessed and uncommitted, the next worker consumes them",
+                version=self.rulebook.version,
+                reason=self.reason,
+            )
+        raise BatchAbandoned(f"worker stopping before rulebook {self.rulebook.version} was active")
+
+    def abandon_waiting(self) -> None:
+        """Make the waiting and every later `wait_open` raise BatchAbandoned while closed."""
+        self._stopping.set()
 
     async def start(self) -> None:
         """Read the topic to its end, activate this version if there is none, then follow it."""
@@ -279,9 +318,10 @@ class VersionGate:
                 if self.on_activated is not None:
                     await self.on_activated(None)
             return
-        if self._open.is_set() or not self._ready.is_set():
-            log.warning("rulebook version is not active, not consuming", reason=self.reason)
+        was_open = self._open.is_set()
         self._open.clear()
+        if was_open or not self._ready.is_set():
+            log.warning("rulebook version is not active, not consuming", reason=self.reason)
 
 
 def rulebook_text(path: str | None) -> str:

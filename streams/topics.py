@@ -94,6 +94,7 @@ def expected_topics(settings: Settings) -> dict[str, int]:
     names = [
         *settings.input_topics,
         settings.repartition_topic,
+        settings.erasure_topic,
         settings.tag_change_topic,
         settings.dead_letter_topic,
     ]
@@ -112,7 +113,7 @@ def create_topics(
 ) -> list[str]:
     """Create the missing topics of `settings` and return the names created.
 
-    Input and repartition topics get `retention_ms`, the tag-change and
+    Input, repartition and erasure topics get `retention_ms`, the tag-change and
     dead-letter topics `output_retention_ms` (-1 keeps records forever).
     Topics that exist already are left as they are: `check_topics` reports
     a wrong partition count. Raises ConfigError when `retention_ms` is
@@ -126,7 +127,8 @@ def create_topics(
             "longer retention"
         )
 
-    input_names = {*settings.input_topics, settings.repartition_topic}
+    # Erasure requests are input too: one must stay readable until a worker applies it.
+    input_names = {*settings.input_topics, settings.repartition_topic, settings.erasure_topic}
     requests: dict[str, dict[str, Any]] = {}
     for name, partitions in expected_topics(settings).items():
         retention = retention_ms if name in input_names else output_retention_ms

@@ -15,8 +15,10 @@ from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.mirror import MirrorWriter
 from tagger.streams.mirror_marker import MARKER_CHECK_INTERVAL_S, MirrorMarker, marker_key
+from tagger.streams.recovery_progress import RecoveryMetrics, RecoveryProgress
 from tagger.streams.rulebook_versions import VersionGate, rulebook_text
 from tagger.streams.security import kafka_python_args
+from tagger.streams.shutdown import ShutdownGuard
 from tagger.streams.topics import check_topics, create_topics
 
 __all__ = ["build_runtime", "run_worker"]
@@ -159,16 +161,37 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
 
 
 def run_worker(settings: Settings, rulebook: Rulebook | None = None) -> None:
-    """Run a worker until SIGTERM or Ctrl-C; the batch in hand finishes first."""
+    """Run a worker until SIGTERM or Ctrl-C; the batch in hand finishes first.
+
+    A worker still stopping `settings.shutdown_timeout_s` after the signal
+    exits with code 3 (see `tagger.streams.shutdown`).
+    """
     runtime = build_runtime(settings, rulebook)
+    # Faust starts the app's own services only after the first recovery, so
+    # the recovery reports run as a service of the worker, started before the app.
+    progress = RecoveryProgress(
+        runtime.app,
+        log_interval_s=settings.recovery_log_interval_s,
+        stall_s=settings.recovery_stall_s,
+        metrics=RecoveryMetrics.create(runtime.registry),
+    )
+    guard = ShutdownGuard(runtime, settings.shutdown_timeout_s)
     worker = TaggerWorker(
         runtime.app,
+        progress,
         loglevel=settings.log_level,
         redirect_stdouts=False,
         override_logging=False,
     )
+    worker.on_stop_requested = guard.stop_requested
     log.info("worker starting", app_id=settings.app_id, clock_mode=settings.clock_mode)
     try:
         worker.execute_from_commandline()
     finally:
-        log.info("worker stopped", app_id=settings.app_id)
+        guard.stopped()
+        seconds = guard.stop_seconds
+        log.info(
+            "worker stopped",
+            app_id=settings.app_id,
+            stop_seconds=None if seconds is None else round(seconds, 2),
+        )

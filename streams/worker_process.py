@@ -136,6 +136,18 @@ class WorkerProcess:
         self._close()
         log.info("worker process killed", pid=process.pid)
 
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """Wait for the child to exit by itself; return its exit code, or None on timeout."""
+        process = self._process
+        if process is None:
+            return None
+        try:
+            code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        self._close()
+        return code
+
     def log_tail(self, lines: int = 40) -> str:
         """Return the last lines of the worker's log."""
         try:

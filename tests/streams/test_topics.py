@@ -24,6 +24,7 @@ def test_create_makes_every_topic(settings: Settings) -> None:
     assert created == sorted(
         [
             f"{settings.app_id}-events-by-customer",
+            settings.erasure_topic,
             *settings.input_topics,
             settings.tag_change_topic,
             settings.dead_letter_topic,

@@ -1,0 +1,120 @@
+"""Crash anywhere: kill -9 at seeded random points of a REES46 replay, restart, compare.
+
+Each kill is either a crash point inside a batch (tagger.streams.faults:
+after the state write, after the changelog flush, after the tag changes are
+acknowledged but before Redis is written and the offsets are committed, or
+an error raised inside the batch, after which the worker exits) or a
+SIGKILL from outside at a random moment. After every kill the worker is
+started again on the same group. The final tag changes, Redis mirror and
+stored states must equal those of an uninterrupted run.
+
+CI runs 3 kills; TAGGER_SOAK=1 runs 10. TAGGER_CRASH_SEED picks the points.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tagger.streams.app import BATCH_FAILED_EXIT_CODE
+from tagger.streams.config import Settings
+from tagger.streams.customers_changelog import ChangelogReader
+from tagger.streams.faults import FAULT_ENV, POINTS
+from tagger.streams.replay import replay_file
+from tagger.streams.topics import create_topics
+from tagger.streams.worker_process import WorkerProcess, caught_up_to
+from tests.e2e.conftest import CATCH_UP_TIMEOUT_S
+from tests.e2e.helpers import fold_changes, mirror_members, mirror_tags
+from tests.e2e.test_real_data import _rulebook_in
+from tests.e2e.uninterrupted import (
+    assert_same_changes,
+    distinct_changes,
+    input_records,
+    uninterrupted_changes,
+)
+from tests.reference import reference_rees46
+
+_SOAK = os.environ.get("TAGGER_SOAK") == "1"
+_KILLS = 10 if _SOAK else 3
+_SEED = int(os.environ.get("TAGGER_CRASH_SEED", "20261205"))
+_HOUR_MS = 3_600_000
+# A worker armed with a crash point dies within seconds once it consumes;
+# this bound is about three times the slowest start-to-crash seen here.
+_CRASH_TIMEOUT_S = 60.0
+
+
+def _plan(rng: random.Random) -> list[tuple[str, str | float]]:
+    """Return the kills: ("point", "POINT:N") or ("timer", seconds after it is ready)."""
+    plan: list[tuple[str, str | float]] = []
+    for index in range(_KILLS):
+        if index % 3 == 2:
+            plan.append(("timer", round(rng.uniform(0.0, 2.0), 2)))
+        else:
+            plan.append(("point", f"{rng.choice(POINTS)}:{rng.randint(1, 4)}"))
+    return plan
+
+
+@pytest.mark.data
+def test_kill_9_anywhere_changes_nothing(
+    replay_settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    sample_data: Path,
+    tmp_path: Path,
+) -> None:
+    path = sample_data / "rees46_multicat_2019-10_head.csv"
+    # Small batches give every crash point many chances inside one replay.
+    settings = replay_settings.with_changes(
+        rulebook_path=_rulebook_in("USD", tmp_path), batch_size=400
+    )
+    create_topics(settings)
+    report = replay_file(
+        path,
+        settings,
+        currency="USD",
+        end_clock="auto",
+        end_clock_span_ms=_HOUR_MS,
+        progress=False,
+    )
+    assert report.end_clock is not None
+
+    plan = _plan(random.Random(_SEED))
+    for kind, where in plan:
+        if kind == "point":
+            worker = start_worker(settings, extra_env={FAULT_ENV: str(where)}, wait=False)
+            code = worker.wait_exit(_CRASH_TIMEOUT_S)
+            expected = BATCH_FAILED_EXIT_CODE if str(where).startswith("batch_raises") else -9
+            assert code == expected, f"crash point {where}: exit {code}: {worker.log_tail()}"
+        else:
+            # Counted from when every partition is assigned and recovered.
+            worker = start_worker(settings)
+            time.sleep(float(where))
+            worker.kill()
+
+    final = start_worker(settings)
+    final.wait_for(
+        lambda status: caught_up_to(
+            status, end_clock=report.end_clock, partitions=settings.partitions
+        ),
+        timeout_s=CATCH_UP_TIMEOUT_S,
+        what="caught up to the end clock",
+    )
+
+    # A repeat is byte-identical to the first emission, emitted_at included.
+    changes = distinct_changes(settings)
+
+    expected = uninterrupted_changes(settings, input_records(settings))
+    assert_same_changes(changes, expected, plan, dump_to=tmp_path)
+
+    tags = {c: t for c, t in reference_rees46(path, report.end_clock).items() if t}
+    assert fold_changes(changes) == tags
+    assert mirror_tags(settings) == tags
+    assert mirror_members(settings) == tags
+    with ChangelogReader(settings) as changelog:
+        changelog.read_to_end()
+        stored = {c: stored.tags for c, stored in changelog.customers.items() if stored.tags}
+    assert stored == tags

@@ -1,0 +1,155 @@
+"""An uninterrupted run of the worker's own processor, in this process, over a topic's records.
+
+Failure tests compare what crashed and restarted workers published with
+what one run that never stopped publishes. The run reads the input topic
+as the worker would, partition by partition in offset order, and feeds the
+same Processor the worker uses, with dicts for tables and a list for the
+tag-change topic. No broker or Redis is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from tagger.rules.rulebook import load_rulebook
+from tagger.streams.config import Settings
+from tagger.streams.metrics import TaggerMetrics
+from tagger.streams.processor import InboundRecord, Processor
+from tagger.streams.replay import ReplayReport, replay_file
+from tests.e2e.helpers import read_topic
+
+_HOUR_MS = 3_600_000
+
+
+def input_records(settings: Settings) -> list[InboundRecord]:
+    """Return every record of the input topics, each partition in offset order."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+        enable_auto_commit=False,
+        consumer_timeout_ms=1500,
+    )
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in settings.input_topics
+            for p in sorted(consumer.partitions_for_topic(topic) or set())
+        ]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        return [
+            InboundRecord(
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+                value=message.value,
+            )
+            for message in consumer
+        ]
+    finally:
+        consumer.close()
+
+
+def uninterrupted_changes(settings: Settings, records: list[InboundRecord]) -> list[dict[str, Any]]:
+    """Process `records` in batches of the worker's size; return the tag changes published."""
+    published: list[dict[str, Any]] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        if topic == settings.tag_change_topic:
+            published.append(orjson.loads(value))
+
+    processor = Processor(
+        settings=settings,
+        rulebook=load_rulebook(settings.rulebook_path),
+        customers={},
+        partitions={},
+        send=send,
+        metrics=TaggerMetrics.create(CollectorRegistry()),
+    )
+
+    async def run() -> None:
+        await processor.assign(range(settings.partitions))
+        for start in range(0, len(records), settings.batch_size):
+            await processor.handle_batch(records[start : start + settings.batch_size])
+
+    asyncio.run(run())
+    return published
+
+
+def without_emitted_at(change: dict[str, Any]) -> bytes:
+    """Return a change's JSON without its wall-clock field, for comparing runs."""
+    return orjson.dumps(
+        {name: value for name, value in change.items() if name != "emitted_at"},
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def assert_same_changes(
+    published: list[dict[str, Any]],
+    expected: list[dict[str, Any]],
+    context: object,
+    dump_to: Path | None = None,
+) -> None:
+    """Assert two runs published the same changes, `emitted_at` aside; show what differs.
+
+    With `dump_to`, a mismatch also writes both runs' changes there as JSON lines.
+    """
+    mine = {without_emitted_at(change) for change in published}
+    theirs = {without_emitted_at(change) for change in expected}
+    if dump_to is not None and (mine != theirs or len(published) != len(expected)):
+        (dump_to / "published.jsonl").write_bytes(b"\n".join(sorted(mine)))
+        (dump_to / "uninterrupted.jsonl").write_bytes(b"\n".join(sorted(theirs)))
+    extra = sorted(mine - theirs)[:5]
+    missing = sorted(theirs - mine)[:5]
+    assert mine == theirs and len(published) == len(expected), (
+        f"{context}: {len(mine - theirs)} extra, {len(theirs - mine)} missing; "
+        f"extra: {extra}; missing: {missing}"
+    )
+
+
+class BackgroundReplay:
+    """A REES46-style file replayed into the input topic by a thread, at `speed`."""
+
+    def __init__(self, path: Path, settings: Settings, *, currency: str, speed: float) -> None:
+        self.reports: list[ReplayReport] = []
+        self._thread = threading.Thread(
+            target=lambda: self.reports.append(
+                replay_file(
+                    path,
+                    settings,
+                    currency=currency,
+                    end_clock="auto",
+                    end_clock_span_ms=_HOUR_MS,
+                    speed=speed,
+                    progress=False,
+                )
+            ),
+            daemon=True,
+        )
+        self._thread.start()
+
+    def end_clock(self, timeout_s: float) -> int:
+        """Wait for the replay to finish; return the end clock it sent."""
+        self._thread.join(timeout=timeout_s)
+        assert self.reports, f"the replay did not finish within {timeout_s} s"
+        end_clock = self.reports[0].end_clock
+        assert end_clock is not None
+        return end_clock
+
+
+def distinct_changes(settings: Settings) -> list[dict[str, Any]]:
+    """Return each published change once, after checking that every repeat is byte-identical."""
+    by_id: dict[str, set[bytes]] = defaultdict(set)
+    for _, value in read_topic(settings, settings.tag_change_topic):
+        by_id[orjson.loads(value)["change_id"]].add(value)
+    differing = [change_id for change_id, values in by_id.items() if len(values) > 1]
+    assert not differing, f"changes repeated with other bytes: {differing[:5]}"
+    return [orjson.loads(next(iter(values))) for values in by_id.values()]
