@@ -162,7 +162,9 @@ def _run(stack: contextlib.ExitStack, console: Console, options: DemoOptions) ->
     stack.callback(worker.stop)
     worker.start()
     console.print(
-        f"worker: pid {worker.pid}, status at http://127.0.0.1:{settings.web_port}/status"
+        f"worker: pid {worker.pid}, status at http://127.0.0.1:{settings.web_port}/status, "
+        f"log in {worker.log_path}",
+        highlight=False,
     )
     with console.status("waiting for the worker to join its consumer group"):
         worker.wait_for(
@@ -379,17 +381,20 @@ def _print_try_commands(console: Console, settings: Settings, summary: dict[str,
     console.print(
         f"  export KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
         f"REDIS_URL={_mask(settings.redis_url)} TAGGER_REDIS_PREFIX={prefix} "
-        f"TAGGER_TAG_CHANGE_TOPIC={settings.tag_change_topic}",
+        f"TAGGER_APP_ID={settings.app_id} TAGGER_PARTITIONS={settings.partitions} "
+        f"TAGGER_INPUT_TOPICS={','.join(settings.input_topics)} "
+        f"TAGGER_TAG_CHANGE_TOPIC={settings.tag_change_topic} "
+        f"TAGGER_DEAD_LETTER_TOPIC={settings.dead_letter_topic} "
+        f"TAGGER_WORKER_URL=http://127.0.0.1:{settings.web_port}",
         highlight=False,
         soft_wrap=True,
     )
     console.print(f"  tagger tags {customer}", highlight=False)
     console.print(f"  tagger members {tag}", highlight=False)
     console.print("  tagger tail --from-beginning --max 5", highlight=False)
-    console.print(
-        f"  tagger explain {customer} --worker http://127.0.0.1:{settings.web_port}",
-        highlight=False,
-    )
+    console.print(f"  tagger explain {customer}", highlight=False)
+    console.print("  tagger mirror verify", highlight=False)
+    console.print(f"  tagger forget {customer}    # erases the customer", highlight=False)
     console.print("or read Redis directly:", highlight=False)
     cli = f"redis-cli -u {_mask(settings.redis_url)}"
     console.print(f"  {cli} HGETALL {prefix}customer:{customer}", highlight=False)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -267,7 +268,7 @@ class Processor(ErasureSteps):
                 self.mirror_submit(state.customer_id, seq, dict(state.tags))
         settled = await self._recover_erasures(partitions, resent)
         if resent:
-            await asyncio.gather(*resent)
+            await send_in_order(resent)
         self._settle_erasures(settled)
         if stale:
             await self._reevaluate(stale)
@@ -552,7 +553,7 @@ class Processor(ErasureSteps):
         work.changes = [
             change for change in work.changes if change.customer_id != state.customer_id
         ]
-        await asyncio.gather(*(self._send_change(change) for change in mine))
+        await send_in_order([self._send_change(change) for change in mine])
         self.engine.start_batch(state)
         log.info(
             "customer checkpointed mid-batch",
@@ -631,7 +632,7 @@ class Processor(ErasureSteps):
         for change in work.changes:
             work.sends.append(self._send_change(change))
         if work.sends:
-            await asyncio.gather(*work.sends)
+            await send_in_order(work.sends)
 
     def _send_change(self, change: TagChange) -> Awaitable[Any]:
         self.metrics.tag_changes.labels(
@@ -725,3 +726,26 @@ class Processor(ErasureSteps):
 
 async def _no_flush() -> None:
     return None
+
+
+async def send_in_order(sends: Sequence[Awaitable[Any]]) -> None:
+    """Hand records to the producer in list order, then wait for every acknowledgement.
+
+    Awaiting a Faust send queues the record and returns its delivery
+    future. Gathering the sends instead would let a later one overtake an
+    earlier one that waits for room in the producer, and publish a
+    customer's changes out of sequence.
+    """
+    deliveries: list[Any] = []
+    try:
+        for send in sends:
+            deliveries.append(await send)
+    except BaseException:
+        # The batch fails; the sends not started are dropped with it.
+        for unsent in sends[len(deliveries) + 1 :]:
+            if inspect.iscoroutine(unsent):
+                unsent.close()
+        raise
+    pending = [delivery for delivery in deliveries if inspect.isawaitable(delivery)]
+    if pending:
+        await asyncio.gather(*pending)

@@ -25,6 +25,8 @@ __all__ = ["build_runtime", "run_worker"]
 
 log = structlog.get_logger(__name__)
 
+# Longest wait between marker checks while Redis fails, seconds.
+_MARKER_RETRY_MAX_S = 5.0
 # How long a stopping worker waits for Redis to confirm the last mirror writes.
 _MIRROR_FLUSH_ON_STOP_S = 5.0
 
@@ -108,7 +110,9 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
                             )
                         failing = True
                         await asyncio.sleep(delay)
-                        delay = min(delay * 2, 30.0)
+                        # A short cap: the mirror must notice soon after Redis
+                        # returns whether it came back empty.
+                        delay = min(delay * 2, _MARKER_RETRY_MAX_S)
                         continue
                     failing = False
                     delay = MARKER_CHECK_INTERVAL_S

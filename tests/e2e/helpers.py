@@ -75,3 +75,28 @@ def mirror_members(settings: Settings) -> dict[str, dict[str, int]]:
         return result
     finally:
         client.close()
+
+
+def assert_changes_in_sequence(settings: Settings) -> None:
+    """Assert each customer's changes first appear on the topic in `seq` order.
+
+    Consumers of the tag-change topic apply a customer's changes in offset
+    order, so a change that overtook an earlier one would leave them with
+    wrong tags. A repeat after a crash may come later; only first
+    appearances count.
+    """
+    last_seq: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    for _, value in read_topic(settings, settings.tag_change_topic):
+        change = orjson.loads(value)
+        change_id = change["change_id"]
+        if change_id in seen:
+            continue
+        seen.add(change_id)
+        _, epoch, seq = change_id.rsplit(":", 2)
+        position = (int(epoch), int(seq))
+        previous = last_seq.get(change["customer_id"])
+        assert previous is None or position > previous, (
+            f"{change_id} published after {change['customer_id']}:{previous}"
+        )
+        last_seq[change["customer_id"]] = position

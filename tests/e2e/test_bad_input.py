@@ -114,10 +114,10 @@ _BAD_RECORDS = 10_000 if os.environ.get("TAGGER_SOAK") == "1" else 2_000
 _WARM_UP_ROUNDS = 40
 _CHUNK_ROUNDS = _LARGE_EVERY_ROUNDS
 # Growth of the worker's resident set (VmRSS) from the end of the warm-up to
-# the end of the run: three times the 3.3 MB measured over the 2,000 records
-# of a CI run on the 2-core test machine. The same machine measured 5.6 MB
-# over the 10,000 records of a TAGGER_SOAK=1 run, with RSS near 100 MB.
-_MAX_RSS_GROWTH_KB = 10 * 1024
+# the end of the run: three times what the 2-core test machine measured,
+# 3.3 MB over the 2,000 records of a CI run and 5.6 MB over the 10,000
+# records of a TAGGER_SOAK=1 run, with RSS near 100 MB.
+_MAX_RSS_GROWTH_KB = (17 if os.environ.get("TAGGER_SOAK") == "1" else 10) * 1024
 
 
 def _purchase_with(round_no: int, index: int, **fields: object) -> bytes:

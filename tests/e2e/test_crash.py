@@ -29,7 +29,7 @@ from tagger.streams.replay import replay_file
 from tagger.streams.topics import create_topics
 from tagger.streams.worker_process import WorkerProcess, caught_up_to
 from tests.e2e.conftest import CATCH_UP_TIMEOUT_S
-from tests.e2e.helpers import fold_changes, mirror_members, mirror_tags
+from tests.e2e.helpers import assert_changes_in_sequence, fold_changes, mirror_members, mirror_tags
 from tests.e2e.test_real_data import _rulebook_in
 from tests.e2e.uninterrupted import (
     assert_same_changes,
@@ -106,6 +106,7 @@ def test_kill_9_anywhere_changes_nothing(
 
     # A repeat is byte-identical to the first emission, emitted_at included.
     changes = distinct_changes(settings)
+    assert_changes_in_sequence(settings)
 
     expected = uninterrupted_changes(settings, input_records(settings))
     assert_same_changes(changes, expected, plan, dump_to=tmp_path)

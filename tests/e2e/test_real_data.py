@@ -12,7 +12,14 @@ from tagger.streams.config import Settings
 from tagger.streams.replay import replay_file
 from tagger.streams.worker_process import WorkerProcess, caught_up_to
 from tests.e2e.conftest import CATCH_UP_TIMEOUT_S
-from tests.e2e.helpers import fold_changes, mirror_members, mirror_tags, read_topic, tag_changes
+from tests.e2e.helpers import (
+    assert_changes_in_sequence,
+    fold_changes,
+    mirror_members,
+    mirror_tags,
+    read_topic,
+    tag_changes,
+)
 from tests.reference import hesitant_customers, reference_rees46, reference_uci
 
 _HOUR_MS = 3_600_000
@@ -66,6 +73,7 @@ def test_rees46_matches_reference(
     assert mirror_tags(replay_settings) == expected
     assert mirror_members(replay_settings) == expected
     assert len(hesitant_customers(published)) == 53
+    assert_changes_in_sequence(replay_settings)
 
     dead = [
         orjson.loads(value)
