@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
@@ -547,7 +547,7 @@ class Engine:
             group=self.rulebook.group_for(tag),
             labels=self.rulebook.labels_for(tag),
         )
-        state.outbox.append(asdict(change))
+        state.outbox.append(change.to_dict())
         return change
 
     def _manual_tags(self, state: CustomerState, event: Event) -> dict[str, int] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -48,10 +48,31 @@ class TagChange:
         """Return the customer's change sequence number, the last part of `change_id`."""
         return int(self.change_id.rsplit(":", 1)[1])
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a dict, sharing `reason` and copying `labels`.
+
+        `dataclasses.asdict` copies every nested value too, and cost about a
+        tenth of the worker's time in a profile of 100,000 events.
+        """
+        return {
+            "change_id": self.change_id,
+            "customer_id": self.customer_id,
+            "tag": self.tag,
+            "action": self.action,
+            "at": self.at,
+            "emitted_at": self.emitted_at,
+            "rulebook_version": self.rulebook_version,
+            "source": self.source,
+            "reason": self.reason,
+            "group": self.group,
+            "labels": dict(self.labels),
+        }
+
 
 def encode_tag_change(change: TagChange) -> bytes:
     """Serialise a change as compact JSON with sorted keys, so a repeat is byte-identical."""
-    return orjson.dumps(asdict(change), option=orjson.OPT_SORT_KEYS)
+    # orjson sorts the keys of dicts, not of dataclasses.
+    return orjson.dumps(change.to_dict(), option=orjson.OPT_SORT_KEYS)
 
 
 def decode_tag_change(raw: bytes) -> TagChange:

@@ -170,6 +170,7 @@ def run_worker(settings: Settings, rulebook: Rulebook | None = None) -> None:
     A worker still stopping `settings.shutdown_timeout_s` after the signal
     exits with code 3 (see `tagger.streams.shutdown`).
     """
+    _install_uvloop()
     runtime = build_runtime(settings, rulebook)
     # Faust starts the app's own services only after the first recovery, so
     # the recovery reports run as a service of the worker, started before the app.
@@ -199,3 +200,13 @@ def run_worker(settings: Settings, rulebook: Rulebook | None = None) -> None:
             app_id=settings.app_id,
             stop_seconds=None if seconds is None else round(seconds, 2),
         )
+
+
+def _install_uvloop() -> None:
+    """Run the worker's event loops, the consumer thread's too, on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        log.info("uvloop not installed, using the default asyncio event loop")
+        return
+    uvloop.install()

@@ -104,3 +104,25 @@ def test_schema_lists_dataclass_fields() -> None:
 
     assert set(schema["properties"]) == field_names
     assert set(schema["required"]) == field_names
+
+
+def test_encoding_matches_field_order_free_json() -> None:
+    """Pins the bytes of a change: a repeat must stay byte-identical across versions."""
+    change = TagChange(
+        change_id="c1:0:3",
+        customer_id="c1",
+        tag="browsing_interest:sport.bicycle",
+        action="added",
+        at=1_569_890_400_000,
+        emitted_at=1_569_890_401_234,
+        rulebook_version="3f9a0c2e71b4d855",
+        source="rule",
+        reason={"rule": "browsing_interest", "values": {"count(page_view, 7d)": 3}},
+        group="interest",
+        labels={"zh": "浏览兴趣：sport.bicycle", "en": "Browsing interest: sport.bicycle"},
+    )
+
+    encoded = encode_tag_change(change)
+
+    assert encoded == orjson.dumps(dataclasses.asdict(change), option=orjson.OPT_SORT_KEYS)
+    assert change.to_dict() == dataclasses.asdict(change)

@@ -1,0 +1,238 @@
+"""Comparison consumers, each run as its own process by `bench.runner`.
+
+- `raw`: aiokafka consume, orjson decode, dict update, one produced record per
+  20 inputs: what the broker and client allow, the denominator of the ratios.
+- `faust --mode bare`: a Faust agent that iterates the topic and does nothing else.
+- `faust --mode reference`: a Faust agent that takes batches like the worker,
+  decodes each event and writes one Table entry per distinct customer per batch.
+
+Each writes a JSON result (events, seconds from first to last event) to `--result`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry
+
+from bench.kafka_io import write_result
+from tagger.streams.end_offsets import broker_cluster_id, needs_probe
+from tagger.streams.faust_app import TaggerApp, TaggerWorker
+
+log = structlog.get_logger(__name__)
+
+# The raw loop produces one output record per this many inputs, about the
+# ratio of tag changes to events in the samples.
+OUTPUT_EVERY = 20
+_RAW_MAX_RECORDS = 5_000
+_RAW_FETCH_MAX_BYTES = 64 * 1024 * 1024
+
+
+@click.group()
+def main() -> None:
+    """Run one comparison consumer (called by `python -m bench run`)."""
+
+
+@main.command()
+@click.option("--bootstrap", required=True, help="Kafka bootstrap servers, host:port.")
+@click.option("--topic", required=True, help="Input topic.")
+@click.option("--out-topic", required=True, help="Topic of the produced records.")
+@click.option("--group", required=True, help="Consumer group id.")
+@click.option("--events", type=int, required=True, help="Events to consume before stopping.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, help="Give up after (s).")
+@click.option("--result", type=click.Path(path_type=Path), required=True, help="Result file.")
+def raw(
+    bootstrap: str,
+    topic: str,
+    out_topic: str,
+    group: str,
+    events: int,
+    timeout_s: float,
+    result: Path,
+) -> None:
+    """Consume, decode, update a dict and produce with aiokafka at its best settings."""
+    write_result(
+        result, asyncio.run(_raw_loop(bootstrap, topic, out_topic, group, events, timeout_s))
+    )
+
+
+async def _raw_loop(
+    bootstrap: str, topic: str, out_topic: str, group: str, events: int, timeout_s: float
+) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=_RAW_MAX_RECORDS,
+        fetch_max_bytes=_RAW_FETCH_MAX_BYTES,
+        max_partition_fetch_bytes=_RAW_FETCH_MAX_BYTES // 8,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024
+    )
+    await consumer.start()
+    await producer.start()
+    log.info("raw loop started", topic=topic, group=group, events=events)
+    state: dict[str, int] = {}
+    consumed = 0
+    first: float | None = None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while consumed < events and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=_RAW_MAX_RECORDS)
+            pending = []
+            for records in batches.values():
+                if first is None and records:
+                    first = time.monotonic()
+                for record in records:
+                    event = orjson.loads(record.value)
+                    customer = event["customer_id"]
+                    state[customer] = state.get(customer, 0) + 1
+                    consumed += 1
+                    if consumed % OUTPUT_EVERY == 0:
+                        output = orjson.dumps({"customer_id": customer, "n": state[customer]})
+                        pending.append(await producer.send(out_topic, output, key=record.key))
+            if pending:
+                await asyncio.gather(*pending)
+        await producer.flush()
+        last = time.monotonic()
+        await consumer.commit()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    seconds = last - first if first is not None else 0.0
+    log.info("raw loop finished", consumed=consumed, seconds=round(seconds, 2))
+    return {"events": consumed, "seconds": seconds, "customers": len(state)}
+
+
+@main.command()
+@click.option("--mode", type=click.Choice(["bare", "reference"]), required=True)
+@click.option("--bootstrap", required=True, help="Kafka bootstrap servers, host:port.")
+@click.option("--topic", required=True, help="Input topic.")
+@click.option("--app-id", required=True, help="Faust app id (the consumer group).")
+@click.option("--partitions", type=int, default=8, help="Partitions of topic and table.")
+@click.option("--batch-size", type=int, default=1000, help="take_events batch size.")
+@click.option("--within", type=float, default=0.05, help="take_events wait (s).")
+@click.option("--session-timeout", type=float, default=10.0, help="Broker session timeout (s).")
+@click.option("--commit-interval", type=float, default=1.0, help="Offset commit interval (s).")
+@click.option("--web-port", type=int, required=True, help="Port of the Faust web server.")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--events", type=int, required=True, help="Events to consume before reporting.")
+@click.option("--result", type=click.Path(path_type=Path), required=True, help="Result file.")
+def faust(
+    mode: str,
+    bootstrap: str,
+    topic: str,
+    app_id: str,
+    partitions: int,
+    batch_size: int,
+    within: float,
+    session_timeout: float,
+    commit_interval: float,
+    web_port: int,
+    data_dir: Path,
+    events: int,
+    result: Path,
+) -> None:
+    """Run a bare or reference Faust agent with the worker's app settings until stopped."""
+    # The worker runs on uvloop where it is installed; so do its comparisons.
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    TaggerApp.probe_end_offsets = needs_probe(broker_cluster_id(bootstrap))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The same app arguments as tagger.streams.app.build_app, minus the security options.
+    app = TaggerApp(
+        app_id,
+        broker=[f"kafka://{server}" for server in bootstrap.split(",")],
+        store="memory://",
+        datadir=str(data_dir),
+        topic_partitions=partitions,
+        topic_disable_leader=True,
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=min(3.0, session_timeout / 3),
+        broker_commit_interval=commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        table_standby_replicas=0,
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        web_port=web_port,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
+    )
+    source = app.topic(
+        topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+    table = app.Table(
+        "customers",
+        default=None,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,
+    )
+    progress: dict[str, Any] = {"count": 0, "first": None}
+
+    def count(done: int) -> None:
+        if progress["first"] is None:
+            progress["first"] = time.monotonic()
+        before = progress["count"]
+        progress["count"] = before + done
+        if before < events <= progress["count"]:
+            seconds = time.monotonic() - progress["first"]
+            log.info("faust agent consumed every event", mode=mode, seconds=round(seconds, 2))
+            write_result(result, {"events": progress["count"], "seconds": seconds})
+
+    if mode == "bare":
+
+        @app.agent(source, name=f"{app_id}.bare")
+        async def bare(stream: Any) -> None:
+            async for _value in stream:
+                count(1)
+
+    else:
+
+        @app.agent(source, name=f"{app_id}.reference")
+        async def reference(stream: Any) -> None:
+            async for batch in stream.take_events(batch_size, within=within):
+                latest: dict[bytes, bytes] = {}
+                for event in batch:
+                    decoded = orjson.loads(event.message.value)
+                    latest[event.message.key] = decoded["customer_id"].encode()
+                for key, value in latest.items():
+                    table[key] = value
+                count(len(batch))
+
+    setup_prometheus_sensors(
+        app, pattern="/metrics", registry=CollectorRegistry(), name_prefix="faust"
+    )
+    worker = TaggerWorker(app, loglevel="info", redirect_stdouts=False, override_logging=False)
+    log.info("faust agent starting", mode=mode, app_id=app_id, topic=topic)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""`python -m bench run`: produce the input once, then measure each consumer on it in turn.
+
+Stages, each its own process on the same input topic: the raw aiokafka loop,
+the bare Faust agent, the reference Faust agent and the worker (optionally
+under py-spy). CPU use of the broker and Redis is reported beside each figure,
+because on a small machine they share the cores with the measured process.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import structlog
+
+from bench.data import BenchInput, default_data_dir, load_base_events
+from bench.kafka_io import ProcessTimes, produce, read_result, rss_bytes
+from bench.report import print_table, ratios
+from tagger.streams.config import Settings
+from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from tagger.streams.logs import configure_logging
+from tagger.streams.topics import create_topics
+
+__all__ = ["main"]
+
+log = structlog.get_logger(__name__)
+
+STAGES = ("raw", "bare", "reference", "worker")
+# Every stage gives up after this long, so a stuck consumer cannot hang the run.
+_STAGE_TIMEOUT_S = 1800.0
+_POLL_INTERVAL_S = 0.1
+# A group on the embedded broker forms in about half the session timeout.
+_SESSION_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class Context:
+    """The servers, input topic and work folder that every stage uses."""
+
+    bootstrap: str
+    redis_url: str
+    run_id: str
+    topic: str
+    events: int
+    customers: int
+    workdir: Path
+    server_pids: dict[str, int | None]
+    partitions: int = 8
+
+    def worker_settings(self, name: str) -> Settings:
+        """Return settings of a worker reading the benchmark input in replay clock mode."""
+        prefix = f"{self.run_id}-{name}"
+        return Settings(
+            kafka_bootstrap_servers=self.bootstrap,
+            redis_url=self.redis_url,
+            app_id=f"{prefix}-app",
+            input_topics=(self.topic,),
+            tag_change_topic=f"{prefix}-tag-changes",
+            dead_letter_topic=f"{prefix}-dead-letters",
+            redis_prefix=f"{prefix}:",
+            partitions=self.partitions,
+            clock_mode="replay",
+            web_port=free_port(),
+            data_dir=str(self.workdir / f"{name}-data"),
+            broker_session_timeout_s=_SESSION_TIMEOUT_S,
+            log_level="info",
+        ).validated()
+
+
+@click.group()
+def main() -> None:
+    """Benchmarks of the customer tagger (run on demand, never as tests)."""
+
+
+@main.command()
+@click.option("--events", type=int, default=1_000_000, show_default=True, help="Input events.")
+@click.option(
+    "--customers", type=int, default=100_000, show_default=True, help="Distinct customers."
+)
+@click.option("--quick", is_flag=True, help="Shortcut for --events 100000 --customers 10000.")
+@click.option(
+    "--stages",
+    default=",".join(STAGES),
+    show_default=True,
+    help="Comma-separated stages to run: raw, bare, reference, worker.",
+)
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run the worker under py-spy and write its collapsed stacks to this file.",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write figures."
+)
+def run(
+    events: int,
+    customers: int,
+    quick: bool,
+    stages: str,
+    profile_path: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Start the embedded broker and Redis (or use KAFKA_BOOTSTRAP_SERVERS and REDIS_URL),
+    produce the input, run each stage and print events/s and ratios."""
+    configure_logging("info")
+    if quick:
+        events, customers = 100_000, 10_000
+    selected = [stage.strip() for stage in stages.split(",") if stage.strip()]
+    unknown = sorted(set(selected) - set(STAGES))
+    if unknown:
+        raise click.BadParameter(f"unknown stages {unknown}: use {', '.join(STAGES)}")
+
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        redis_url = os.environ.get("REDIS_URL")
+        pids: dict[str, int | None] = {}
+        if not bootstrap:
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap = broker.bootstrap_servers
+            pids["broker"] = broker.pid
+        if not redis_url:
+            redis_server = stack.enter_context(EmbeddedRedis())
+            redis_url = redis_server.url
+            pids["redis"] = redis_server.pid
+        run_id = "bench" + uuid.uuid4().hex[:6]
+        context = Context(
+            bootstrap=bootstrap,
+            redis_url=redis_url,
+            run_id=run_id,
+            topic=f"{run_id}-events",
+            events=events,
+            customers=customers,
+            workdir=Path(tmp),
+            server_pids=pids,
+        )
+        figures = _run_stages(context, selected, profile_path)
+
+    print_table(figures)
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        log.info("figures written", path=str(json_path))
+
+
+def _run_stages(context: Context, selected: list[str], profile_path: Path | None) -> dict[str, Any]:
+    base, source = load_base_events(default_data_dir())
+    bench_input = BenchInput(base, context.events, context.customers)
+    # Creating the worker's topics creates the input topic with its partition count.
+    create_topics(context.worker_settings("worker"))
+    produce_seconds = produce(context.bootstrap, context.topic, bench_input.records())
+
+    figures: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "input": {
+            "source": source,
+            "events": context.events,
+            "customers": context.customers,
+            "sample_copies": bench_input.cycles,
+            "customers_per_sample_customer": bench_input.split,
+            "partitions": context.partitions,
+            "produce_events_per_s": round(context.events / produce_seconds),
+        },
+        "stages": {},
+    }
+    runners: dict[str, Callable[[Context], dict[str, Any]]] = {
+        "raw": _run_raw,
+        "bare": lambda ctx: _run_faust(ctx, "bare"),
+        "reference": lambda ctx: _run_faust(ctx, "reference"),
+        "worker": lambda ctx: _run_worker(ctx, profile_path),
+    }
+    for stage in selected:
+        log.info("stage starting", stage=stage, events=context.events)
+        figures["stages"][stage] = runners[stage](context)
+        log.info("stage finished", stage=stage, **figures["stages"][stage])
+    figures["ratios"] = ratios(figures["stages"])
+    return figures
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _child(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as output:
+        process = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        )
+    log.info("child started", pid=process.pid, command=command[:4], log=str(log_path))
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("child did not stop in time, killing", pid=process.pid)
+            process.kill()
+            process.wait()
+    log.info("child stopped", pid=process.pid, returncode=process.returncode)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_result(
+    process: subprocess.Popen[bytes], result: Path, log_path: Path, times: ProcessTimes
+) -> dict[str, Any]:
+    deadline = time.monotonic() + _STAGE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        times.sample()
+        data = read_result(result)
+        if data is not None:
+            return dict(data)
+        if process.poll() is not None:
+            raise click.ClickException(
+                f"child {process.pid} exited with code {process.returncode} before reporting; "
+                f"log tail:\n{_tail(log_path)}"
+            )
+        time.sleep(_POLL_INTERVAL_S)
+    raise click.ClickException(f"child {process.pid} reported nothing in {_STAGE_TIMEOUT_S:.0f} s")
+
+
+def _rate(events: int, seconds: float) -> float:
+    return round(events / seconds, 1) if seconds > 0 else 0.0
+
+
+def _run_raw(context: Context) -> dict[str, Any]:
+    result = context.workdir / "raw.json"
+    log_path = context.workdir / "raw.log"
+    process = _child(
+        [
+            sys.executable,
+            "-m",
+            "bench.agents",
+            "raw",
+            "--bootstrap",
+            context.bootstrap,
+            "--topic",
+            context.topic,
+            "--out-topic",
+            f"{context.run_id}-raw-out",
+            "--group",
+            f"{context.run_id}-raw",
+            "--events",
+            str(context.events),
+            "--result",
+            str(result),
+        ],
+        log_path,
+    )
+    times = ProcessTimes({"consumer": process.pid, **context.server_pids})
+    try:
+        data = _wait_result(process, result, log_path, times)
+        cpu = times.shares(float(data["seconds"]))
+    finally:
+        _stop(process)
+    return {
+        "events": data["events"],
+        "seconds": round(float(data["seconds"]), 2),
+        "events_per_s": _rate(int(data["events"]), float(data["seconds"])),
+        "cpu_cores": cpu,
+    }
+
+
+def _run_faust(context: Context, mode: str) -> dict[str, Any]:
+    result = context.workdir / f"{mode}.json"
+    log_path = context.workdir / f"{mode}.log"
+    settings = context.worker_settings(mode)
+    process = _child(
+        [
+            sys.executable,
+            "-m",
+            "bench.agents",
+            "faust",
+            "--mode",
+            mode,
+            "--bootstrap",
+            context.bootstrap,
+            "--topic",
+            context.topic,
+            "--app-id",
+            settings.app_id,
+            "--partitions",
+            str(context.partitions),
+            "--batch-size",
+            str(settings.batch_size),
+            "--within",
+            str(settings.batch_timeout_s),
+            "--session-timeout",
+            str(settings.broker_session_timeout_s),
+            "--commit-interval",
+            str(settings.commit_interval_s),
+            "--web-port",
+            str(settings.web_port),
+            "--data-dir",
+            settings.data_dir,
+            "--events",
+            str(context.events),
+            "--result",
+            str(result),
+        ],
+        log_path,
+    )
+    times = ProcessTimes({"consumer": process.pid, **context.server_pids})
+    try:
+        data = _wait_result(process, result, log_path, times)
+        cpu = times.shares(float(data["seconds"]))
+        rss = rss_bytes(process.pid)
+    finally:
+        _stop(process)
+    return {
+        "events": data["events"],
+        "seconds": round(float(data["seconds"]), 2),
+        "events_per_s": _rate(int(data["events"]), float(data["seconds"])),
+        "cpu_cores": cpu,
+        "rss_bytes": rss,
+    }
+
+
+def _run_worker(context: Context, profile_path: Path | None) -> dict[str, Any]:
+    from bench.worker_stage import measure_worker
+
+    return measure_worker(context, profile_path, timeout_s=_STAGE_TIMEOUT_S)

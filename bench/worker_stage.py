@@ -1,0 +1,191 @@
+"""The worker stage: run `tagger worker` on the input until it has caught up.
+
+With a profile path, the worker runs under py-spy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import orjson
+import structlog
+
+from bench.kafka_io import ProcessTimes, rss_bytes
+from bench.profile import summarise_profile
+from tagger.streams.config import Settings
+from tagger.streams.worker_process import caught_up_to
+
+if TYPE_CHECKING:
+    from bench.runner import Context
+
+__all__ = ["measure_worker"]
+
+log = structlog.get_logger(__name__)
+
+_POLL_INTERVAL_S = 0.1
+# py-spy samples this many times a second (its default is 100).
+_PROFILE_RATE = 100
+_COUNTER = re.compile(r"^(tagger_[a-z_]+_total)(?:\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
+
+
+def _get(settings: Settings, path: str) -> bytes | None:
+    url = f"http://127.0.0.1:{settings.web_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            body: bytes = response.read()
+            return body
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _counters(settings: Settings) -> dict[str, float]:
+    """Return the worker's tagger_*_total counters, summed over their labels."""
+    body = _get(settings, "/metrics")
+    totals: dict[str, float] = {}
+    if body is None:
+        return totals
+    for name, value in _COUNTER.findall(body.decode()):
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def _worker_pid(process: subprocess.Popen[bytes], profiled: bool) -> int | None:
+    """Return the pid of the worker itself: py-spy's child when profiling."""
+    if not profiled:
+        return process.pid
+    try:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def measure_worker(
+    context: Context, profile_path: Path | None, *, timeout_s: float
+) -> dict[str, Any]:
+    """Start a worker on the benchmark input and return its events/s and resource figures.
+
+    The rate is the input lag seen at the first /status poll that shows all
+    partitions assigned and recovered, divided by the time from that poll to
+    the poll that shows every partition caught up and no Redis write pending.
+    """
+    settings = context.worker_settings("worker")
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    log_path = context.workdir / "worker.log"
+    command = [sys.executable, "-m", "tagger.streams.cli", "worker"]
+    raw_profile = context.workdir / "worker.pyspy"
+    if profile_path is not None:
+        command = [
+            "py-spy",
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            str(_PROFILE_RATE),
+            "--output",
+            str(raw_profile),
+            "--",
+            *command,
+        ]
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("ab") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+    log.info("worker started", pid=process.pid, profiled=profile_path is not None)
+    try:
+        figures = _follow(context, settings, process, profile_path is not None, timeout_s)
+    finally:
+        _stop_worker(process, profile_path is not None)
+    if profile_path is not None:
+        profile_path.write_bytes(raw_profile.read_bytes())
+        figures["profile"] = summarise_profile(profile_path)
+    return figures
+
+
+def _follow(
+    context: Context,
+    settings: Settings,
+    process: subprocess.Popen[bytes],
+    profiled: bool,
+    timeout_s: float,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    times: ProcessTimes | None = None
+    first_poll: tuple[float, int] | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(
+                f"worker exited with code {process.returncode}; see {context.workdir}/worker.log"
+            )
+        body = _get(settings, "/status")
+        status = orjson.loads(body) if body else None
+        if times is None and status is not None:
+            times = ProcessTimes({"worker": _worker_pid(process, profiled), **context.server_pids})
+        if times is not None:
+            times.sample()
+        lag = _input_lag(status, context)
+        if first_poll is None and lag is not None:
+            first_poll = (time.monotonic(), lag)
+            log.info("worker assigned", lag=lag, join_seconds=round(first_poll[0] - started, 1))
+        done = first_poll is not None and status is not None
+        if done and caught_up_to(status, end_clock=None, partitions=context.partitions):
+            break
+        time.sleep(_POLL_INTERVAL_S)
+    else:
+        raise click.ClickException(f"worker did not catch up within {timeout_s:.0f} s")
+
+    assert first_poll is not None and times is not None
+    seconds = time.monotonic() - first_poll[0]
+    counters = _counters(settings)
+    events = first_poll[1]
+    return {
+        "events": events,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(events / seconds, 1) if seconds > 0 else 0.0,
+        "join_seconds": round(first_poll[0] - started, 1),
+        "cpu_cores": times.shares(seconds),
+        "rss_bytes": rss_bytes(_worker_pid(process, profiled)),
+        "counters": counters,
+    }
+
+
+def _input_lag(status: dict[str, Any] | None, context: Context) -> int | None:
+    """Return the summed input-topic lag once every partition is assigned and recovered."""
+    if status is None:
+        return None
+    partitions = status.get("partitions", {})
+    if len(partitions) < context.partitions:
+        return None
+    total = 0
+    for view in partitions.values():
+        lag = view["lag"].get(context.topic)
+        if not view["index_ready"] or lag is None:
+            return None
+        total += lag
+    return total
+
+
+def _stop_worker(process: subprocess.Popen[bytes], profiled: bool) -> None:
+    """Stop the worker with SIGTERM (py-spy then writes its profile and exits too)."""
+    target = _worker_pid(process, profiled) if profiled else process.pid
+    if target is not None and process.poll() is None:
+        os.kill(target, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        log.warning("worker did not stop in time, killing", pid=process.pid)
+        process.kill()
+        process.wait()
+    log.info("worker stopped", pid=process.pid, returncode=process.returncode)
