@@ -287,7 +287,8 @@ def _ranked_line(ranked: RankedValue, units: dict[str, str]) -> str:
         mark = "condition false"
     parts = [f"{ranked.param}: {mark}"]
     if ranked.rank is not None:
-        parts.append(f"rank {_show(ranked.rank)}")
+        # The rank_by value, not a position: "rank 7" read as seventh place.
+        parts.append(f"rank_by value {_show(ranked.rank)}")
     if ranked.newest is not None:
         parts.append(f"newest {format_timestamp(ranked.newest)}")
     if ranked.held and ranked.since is not None:

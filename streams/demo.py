@@ -105,9 +105,11 @@ def run_demo(console: Console, options: DemoOptions) -> int:
         with contextlib.ExitStack() as stack:
             try:
                 return _run(stack, console, options)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as interrupt:
                 console.print("\ninterrupted: stopping the worker, broker and Redis")
-                return 130
+                # 128 + the signal number, as shells report a process a signal ended.
+                name = str(interrupt.args[0]) if interrupt.args else "SIGINT"
+                return 128 + int(getattr(signal.Signals, name, signal.SIGINT))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
