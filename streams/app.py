@@ -76,6 +76,12 @@ class TaggerRuntime:
             next_offset = int(committed) if committed else 0
         return max(0, int(highwater) - next_offset)
 
+    def committed_offset(self, tp: TP) -> int | None:
+        """Return the group's committed offset of `tp` as Faust last read it, or None."""
+        consumer: Any = self.app.consumer
+        committed = consumer._committed_offset.get(tp)
+        return int(committed) if committed else None
+
     def caught_up(self, partition: int) -> bool:
         """Return True when every record of the partition's input has been processed."""
         for tp in self.input_partitions(partition):
@@ -284,6 +290,7 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
         if gate is not None:
             metrics.rulebook_active.set(1 if gate.is_open else 0)
         await guard.retry()
+        await guard.check_stalled(_stalled_candidates(runtime), runtime.committed_offset)
         await processor.tick(runtime.caught_up)
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
@@ -308,3 +315,20 @@ def _input_guard(runtime: TaggerRuntime) -> InputGuard:
     # Commits never pass the first record not processed, whatever Faust acknowledged.
     app.commit_fence = guard.commit_limit
     return guard
+
+
+def _stalled_candidates(runtime: TaggerRuntime) -> list[TP]:
+    """Return the input topic-partitions that are behind while the worker is consuming."""
+    gate = runtime.gate
+    if gate is not None and not gate.is_open:
+        # A worker waiting for its rulebook version takes no records on purpose.
+        return []
+    behind = []
+    for partition, state in list(runtime.processor.assigned.items()):
+        if not state.index_ready:
+            continue
+        for tp in runtime.input_partitions(partition):
+            lag = runtime.lag(tp)
+            if lag is not None and lag > 0:
+                behind.append(tp)
+    return behind

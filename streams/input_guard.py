@@ -35,6 +35,9 @@ log = structlog.get_logger(__name__)
 
 # A seek whose records have not arrived after this long is sent again.
 _SEEK_RETRY_S = 2.0
+# A partition behind its input that receives no record for this long is
+# sought again; a batch takes well under a second.
+_STALLED_INPUT_S = 10.0
 
 Key = tuple[str, int]
 
@@ -60,13 +63,18 @@ class InputGuard:
         self._seek = seek
         self._on_gap = on_gap
         self._seeking: dict[Key, _Seek] = {}
+        # Monotonic time a record of each topic-partition last arrived, or
+        # since it was first seen behind its input with none arriving.
+        self._last_arrival: dict[Key, float] = {}
 
     async def admit(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
         """Return the records to process now; seek back where the batch skipped records."""
         running = dict(self.expected)
         admitted: list[InboundRecord] = []
+        now = time.monotonic()
         for record in records:
             key = (record.topic, record.partition)
+            self._last_arrival[key] = now
             expected = running.get(key)
             if expected is None or record.offset <= expected:
                 self._seeking.pop(key, None)
@@ -111,6 +119,43 @@ class InputGuard:
             )
             pending.sent_at = now
             await self._seek(TP(topic, partition), pending.expected)
+
+    async def check_stalled(
+        self, behind: Iterable[TP], committed: Callable[[TP], int | None]
+    ) -> None:
+        """Seek input partitions that are behind their input yet receive no records.
+
+        Faust can clear records it fetched, after its read position moved
+        past them, when it resumes its streams; with nothing fetched after
+        them no gap ever shows, and the partition would wait forever. Such a
+        partition is sought back to the next offset to process, or to its
+        committed offset, or to its start.
+        """
+        now = time.monotonic()
+        behind_keys = set()
+        for tp in behind:
+            key = (tp.topic, tp.partition)
+            behind_keys.add(key)
+            since = self._last_arrival.setdefault(key, now)
+            if now - since < _STALLED_INPUT_S or key in self._seeking:
+                continue
+            offset = self.expected.get(key)
+            if offset is None:
+                offset = committed(tp) or 0
+            log.warning(
+                "input partition behind its input receives no records, reading it again",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                waited_s=round(now - since, 1),
+            )
+            if self._on_gap is not None:
+                self._on_gap()
+            self._last_arrival[key] = now
+            await self._seek(tp, offset)
+        for key in [key for key in self._last_arrival if key not in behind_keys]:
+            # Caught up: the wait starts again once it falls behind.
+            del self._last_arrival[key]
 
     def processed(self, records: Sequence[InboundRecord]) -> None:
         """Record that `records` were applied: the next expected offsets move past them."""

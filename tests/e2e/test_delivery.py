@@ -11,7 +11,7 @@ from kafka import KafkaProducer
 from tagger.streams.config import Settings
 from tagger.streams.replay import replay_events
 from tagger.streams.simulator import simulate
-from tagger.streams.worker_process import WorkerProcess, WorkerProcessError, caught_up_to
+from tagger.streams.worker_process import WorkerProcess, caught_up_to
 from tests.e2e.conftest import CATCH_UP_TIMEOUT_S
 from tests.e2e.events import purchase
 from tests.e2e.helpers import fold_changes, mirror_members, mirror_tags, read_topic, tag_changes
@@ -69,16 +69,10 @@ def test_reconsumed_input_after_kill_changes_nothing(
 
     worker.kill()
     restarted = start_worker(replay_settings)
-    try:
-        _wait_caught_up(restarted, replay_settings, report.end_clock, timeout_s=45.0)
-    except WorkerProcessError:
-        # NOTE: a worker restarted after kill -9 on a group with no committed
-        # offsets sometimes joins, recovers and then never fetches, on the
-        # embedded broker (cause not found). A second start has always
-        # fetched; this test is about exactness after re-consumption.
-        restarted.stop()
-        restarted = start_worker(replay_settings)
-        _wait_caught_up(restarted, replay_settings, report.end_clock)
+    # A restart here used to hang about one time in four: Faust cleared the
+    # records it had fetched and never fetched them again. The worker now
+    # seeks a partition that is behind yet receives nothing for 10 s.
+    _wait_caught_up(restarted, replay_settings, report.end_clock)
 
     second_run = read_topic(replay_settings, replay_settings.tag_change_topic)
     # The re-consumed input re-sent recorded changes, so the restart did re-read it.

@@ -103,3 +103,31 @@ async def test_seek_retried_when_records_never_come(monkeypatch: pytest.MonkeyPa
     await guard.retry()
 
     assert seeks.calls == [(TP(_TOPIC, 0), 11), (TP(_TOPIC, 0), 11)]
+
+
+async def test_stalled_partition_sought_to_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    seeks = _Seeks()
+    guard = InputGuard([_TOPIC], seeks)
+    behind = [TP(_TOPIC, 0), TP(_TOPIC, 1)]
+    guard.processed(await guard.admit(_records(1, [7])))
+    now = time.monotonic()
+
+    await guard.check_stalled(behind, lambda tp: 3)
+    monkeypatch.setattr(time, "monotonic", lambda: now + 11.0)
+    await guard.check_stalled(behind, lambda tp: 3)
+    await guard.check_stalled(behind, lambda tp: 3)
+
+    # Partition 0 processed nothing: its committed offset; partition 1: the next one.
+    assert seeks.calls == [(TP(_TOPIC, 0), 3), (TP(_TOPIC, 1), 8)]
+
+
+async def test_caught_up_partition_never_sought(monkeypatch: pytest.MonkeyPatch) -> None:
+    seeks = _Seeks()
+    guard = InputGuard([_TOPIC], seeks)
+    now = time.monotonic()
+
+    await guard.check_stalled([], lambda tp: None)
+    monkeypatch.setattr(time, "monotonic", lambda: now + 60.0)
+    await guard.check_stalled([], lambda tp: None)
+
+    assert seeks.calls == []
