@@ -56,3 +56,36 @@ def print_table(figures: dict[str, Any]) -> None:
     console.print(table)
     for name, value in figures.get("ratios", {}).items():
         console.print(f"{name}: {value:.1%}")
+    _print_state(console, figures)
+
+
+def _print_state(console: Console, figures: dict[str, Any]) -> None:
+    state = figures.get("state")
+    if state:
+        sizes = state.get("bytes_per_customer", {})
+        console.print(
+            f"changelog: {state['changelog_records']:,} records, "
+            f"{state['changelog_bytes']:,} bytes, {state['customers']:,} customers; "
+            f"bytes per customer mean {sizes.get('mean')}, p50 {sizes.get('p50')}, "
+            f"p95 {sizes.get('p95')}, max {sizes.get('max')}"
+        )
+        fields = list(state.get("field_bytes_per_customer", {}).items())[:5]
+        if fields:
+            shown = ", ".join(f"{name} {size:,.0f}" for name, size in fields)
+            console.print(f"largest state fields, mean bytes per customer: {shown}")
+        rss = state.get("rss_bytes_per_100k_customers")
+        if rss is not None:
+            console.print(f"worker RSS per 100,000 customers: {rss / 1e6:,.0f} MB")
+    recovery = figures.get("recovery")
+    if recovery:
+        console.print(
+            f"recovery: ready in {recovery['seconds_to_ready']:.1f} s, "
+            f"{recovery.get('restored', '?')} records restored in "
+            f"{recovery.get('recovery_seconds', '?')} s, "
+            f"{recovery.get('records_per_s', '?')} records/s"
+        )
+        growth = recovery.get("rss_growth_per_100k_customers")
+        if growth is not None:
+            console.print(
+                f"recovered worker's RSS growth per 100,000 customers: {growth / 1e6:,.0f} MB"
+            )

@@ -189,7 +189,22 @@ def _run_stages(context: Context, selected: list[str], profile_path: Path | None
         figures["stages"][stage] = runners[stage](context)
         log.info("stage finished", stage=stage, **figures["stages"][stage])
     figures["ratios"] = ratios(figures["stages"])
+    # A profiling run skips state and recovery, so that it stays short.
+    if "worker" in figures["stages"] and profile_path is None:
+        _run_state(context, figures)
     return figures
+
+
+def _run_state(context: Context, figures: dict[str, Any]) -> None:
+    from bench.state_stage import measure_recovery, measure_state
+
+    settings = context.worker_settings("worker")
+    figures["state"] = measure_state(settings, figures["stages"]["worker"].get("rss_bytes"))
+    log.info("state measured", **figures["state"])
+    figures["recovery"] = measure_recovery(
+        context, settings, figures["state"]["customers"], timeout_s=_STAGE_TIMEOUT_S
+    )
+    log.info("recovery measured", **figures["recovery"])
 
 
 def _machine() -> dict[str, Any]:

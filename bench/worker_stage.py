@@ -28,7 +28,7 @@ from tagger.streams.worker_process import caught_up_to
 if TYPE_CHECKING:
     from bench.runner import Context
 
-__all__ = ["measure_worker"]
+__all__ = ["get_path", "measure_worker", "start_worker", "stop_worker"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +38,8 @@ _PROFILE_RATE = 100
 _COUNTER = re.compile(r"^(tagger_[a-z_]+_total)(?:\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
 
 
-def _get(settings: Settings, path: str) -> bytes | None:
+def get_path(settings: Settings, path: str) -> bytes | None:
+    """Return the body of GET `path` on the worker's web server, or None when it fails."""
     url = f"http://127.0.0.1:{settings.web_port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=2.0) as response:
@@ -50,7 +51,7 @@ def _get(settings: Settings, path: str) -> bytes | None:
 
 def _counters(settings: Settings) -> dict[str, float]:
     """Return the worker's tagger_*_total counters, summed over their labels."""
-    body = _get(settings, "/metrics")
+    body = get_path(settings, "/metrics")
     totals: dict[str, float] = {}
     if body is None:
         return totals
@@ -82,9 +83,26 @@ def measure_worker(
     settings = context.worker_settings("worker")
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     log_path = context.workdir / "worker.log"
-    command = [sys.executable, "-m", "tagger.streams.cli", "worker"]
     raw_profile = context.workdir / "worker.pyspy"
+    process = start_worker(
+        settings, log_path, profile_output=raw_profile if profile_path is not None else None
+    )
+    try:
+        figures = _follow(context, settings, process, profile_path is not None, timeout_s)
+    finally:
+        stop_worker(process, profile_path is not None)
     if profile_path is not None:
+        profile_path.write_bytes(raw_profile.read_bytes())
+        figures["profile"] = summarise_profile(profile_path)
+    return figures
+
+
+def start_worker(
+    settings: Settings, log_path: Path, *, profile_output: Path | None
+) -> subprocess.Popen[bytes]:
+    """Start `tagger worker` with `settings`, under py-spy when `profile_output` is set."""
+    command = [sys.executable, "-m", "tagger.streams.cli", "worker"]
+    if profile_output is not None:
         command = [
             "py-spy",
             "record",
@@ -93,7 +111,7 @@ def measure_worker(
             "--rate",
             str(_PROFILE_RATE),
             "--output",
-            str(raw_profile),
+            str(profile_output),
             "--",
             *command,
         ]
@@ -102,15 +120,14 @@ def measure_worker(
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
-    log.info("worker started", pid=process.pid, profiled=profile_path is not None)
-    try:
-        figures = _follow(context, settings, process, profile_path is not None, timeout_s)
-    finally:
-        _stop_worker(process, profile_path is not None)
-    if profile_path is not None:
-        profile_path.write_bytes(raw_profile.read_bytes())
-        figures["profile"] = summarise_profile(profile_path)
-    return figures
+    log.info(
+        "worker started",
+        pid=process.pid,
+        app_id=settings.app_id,
+        data_dir=settings.data_dir,
+        profiled=profile_output is not None,
+    )
+    return process
 
 
 def _follow(
@@ -129,7 +146,7 @@ def _follow(
             raise click.ClickException(
                 f"worker exited with code {process.returncode}; see {context.workdir}/worker.log"
             )
-        body = _get(settings, "/status")
+        body = get_path(settings, "/status")
         status = orjson.loads(body) if body else None
         if times is None and status is not None:
             times = ProcessTimes({"worker": _worker_pid(process, profiled), **context.server_pids})
@@ -177,7 +194,7 @@ def _input_lag(status: dict[str, Any] | None, context: Context) -> int | None:
     return total
 
 
-def _stop_worker(process: subprocess.Popen[bytes], profiled: bool) -> None:
+def stop_worker(process: subprocess.Popen[bytes], profiled: bool) -> None:
     """Stop the worker with SIGTERM (py-spy then writes its profile and exits too)."""
     target = _worker_pid(process, profiled) if profiled else process.pid
     if target is not None and process.poll() is None:
