@@ -125,9 +125,9 @@ class InputGuard:
     ) -> None:
         """Seek input partitions that are behind their input yet receive no records.
 
-        Faust can clear records it fetched, after its read position moved
-        past them, when it resumes its streams; with nothing fetched after
-        them no gap ever shows, and the partition would wait forever. Such a
+        When Faust resumes its streams it can clear records it fetched after
+        its read position moved past them. If nothing was fetched after them,
+        no gap ever shows, so the partition would wait forever. Such a
         partition is sought back to the next offset to process, or to its
         committed offset, or to its start.
         """
