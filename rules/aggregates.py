@@ -469,8 +469,8 @@ def _new_scope(scopes: dict[str, Scope], held: Set[str]) -> Scope:
         # than the cap were viewed in turn: each was evicted before its
         # count could reach a threshold.
         # TODO: an evicted value loses its counts, so a value that comes back
-        # within its window starts again from zero; with more than the cap
-        # of values in one window, a tag may come later than without a cap.
+        # within its window starts again from zero. With more than the cap of
+        # values in one window, a tag may come later than without a cap.
         candidates = [value for value in scopes if value not in held] or list(scopes)
         weakest = min(
             candidates,

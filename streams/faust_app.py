@@ -38,11 +38,14 @@ class _FencedCommits:
     """Consumer mixin: commit offsets no higher than the app's commit fence allows.
 
     Faust commits every offset its streams acknowledged. A batch the worker
-    skipped is acknowledged too, once the agent requests the next one. So
-    while the fence is up, a commit stops at the first record not processed.
-    Lowering a commit leaves that topic-partition uncommitted for the rest of
-    the process (Faust then sees a gap before its acknowledged offsets), which
-    is why the worker raises the fence only when it stops.
+    skipped is acknowledged too, once the agent requests the next one, and
+    Faust registers offsets it never delivered as a gap it may commit. So a
+    commit stops at the first record not processed. The worker's fence
+    (`InputGuard.commit_limit`) is set when the app is built.
+
+    NOTE: whether Faust's later commits of a partition move on after one was
+    lowered here was not checked. If they do not, that input is only
+    consumed again after a restart.
     """
 
     app: Any
@@ -85,7 +88,7 @@ class FencedProbingConsumer(_FencedCommits, EndOffsetProbingConsumer):
 
 class TaggerApp(faust.App):
     """A Faust app whose consumer reads changelogs to their true end on Tansu and
-    keeps commits behind `commit_fence` while it is set."""
+    keeps commits behind `commit_fence`."""
 
     probe_end_offsets = False
     commit_fence: CommitFence | None = None

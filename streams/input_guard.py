@@ -166,10 +166,10 @@ class InputGuard:
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop what is known of partitions this worker no longer owns."""
-        gone = set(partitions)
-        for key in [key for key in self.expected if key[1] in gone]:
+        revoked = set(partitions)
+        for key in [key for key in self.expected if key[1] in revoked]:
             del self.expected[key]
-        for key in [key for key in self._seeking if key[1] in gone]:
+        for key in [key for key in self._seeking if key[1] in revoked]:
             del self._seeking[key]
 
     def commit_limit(self, tp: TP) -> int | None:

@@ -1,19 +1,19 @@
-"""A bounded stop: the commit fence and the shutdown deadline of a worker process.
+"""A bounded stop: the shutdown deadline of a worker process.
 
 On SIGTERM or SIGINT, Faust stops the worker in this order. It stops
 fetching and waits until the batch in hand has been processed and
 acknowledged. It commits the consumed offsets and flushes the producer. Then
 it stops the app's services, where the Redis mirror flushes, and its Kafka
-consumer. `ShutdownGuard` adds two things when the signal arrives:
+consumer. The worker's commit fence (`tagger.streams.input_guard`) keeps
+every commit at the first record the processor has not finished, so a batch
+skipped on the way out (one waiting for its rulebook version, see
+`VersionGate.wait_open`) is consumed again by the next worker.
 
-- a commit fence: from then on, no offset past the last record the processor
-  finished is committed, so a batch skipped on the way out (one waiting for
-  its rulebook version, see `VersionGate.wait_open`) is consumed again by the
-  next worker;
-- a deadline: a thread that, when the worker has not exited after
-  `shutdown_timeout_s`, logs what is still pending and ends the process with
-  exit code 3 at once, so nothing else is committed. Input not committed is
-  consumed again, and the outbox and event ids make that harmless.
+`ShutdownGuard` adds a deadline when the signal arrives: a thread that, when
+the worker has not exited after `shutdown_timeout_s`, logs what is still
+pending and ends the process with exit code 3 at once, so nothing else is
+committed. Input not committed is consumed again, and the outbox and event
+ids make that harmless.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from faust.types import TP
 
 if TYPE_CHECKING:
     from tagger.streams.app import TaggerRuntime
@@ -46,7 +45,7 @@ _MAX_TASKS_LISTED = 8
 
 
 class ShutdownGuard:
-    """Raises the commit fence and arms the deadline when the worker is asked to stop."""
+    """Arms the shutdown deadline when the worker is asked to stop."""
 
     def __init__(
         self,
@@ -61,11 +60,9 @@ class ShutdownGuard:
         self.requested_at: float | None = None
         self.stopped_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # The topics the agent consumes: their commits follow processed records.
-        self._fenced_topics = frozenset(tp.topic for tp in runtime.input_partitions(0))
 
     def stop_requested(self, signum: signal.Signals) -> None:
-        """Raise the fence, release a paused batch and arm the deadline (in the event loop)."""
+        """Release a paused batch and arm the deadline (in the event loop)."""
         if self.requested_at is not None:
             return
         self.requested_at = time.monotonic()
@@ -76,8 +73,6 @@ class ShutdownGuard:
             app_id=self.runtime.settings.app_id,
             timeout_s=self.timeout_s,
         )
-        if self.runtime.app.commit_fence is None:
-            self.runtime.app.commit_fence = self.commit_limit
         if self.runtime.gate is not None:
             self.runtime.gate.abandon_waiting()
         threading.Thread(target=self._watch, name="tagger-shutdown-deadline", daemon=True).start()
@@ -96,17 +91,6 @@ class ShutdownGuard:
         if self.requested_at is None or self.stopped_at is None:
             return None
         return self.stopped_at - self.requested_at
-
-    def commit_limit(self, tp: TP) -> int | None:
-        """Return the highest offset of `tp` that may be committed, or None for no limit.
-
-        For an input topic that is the offset after the last record processed,
-        or -1 (commit nothing) when this worker processed none of it.
-        """
-        if tp.topic not in self._fenced_topics:
-            return None
-        processed = self.runtime.processor.processed_offsets.get((tp.topic, tp.partition))
-        return -1 if processed is None else processed + 1
 
     def _watch(self) -> None:
         time.sleep(self.timeout_s)

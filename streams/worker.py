@@ -25,7 +25,7 @@ __all__ = ["build_runtime", "run_worker"]
 
 log = structlog.get_logger(__name__)
 
-# Longest wait between marker checks while Redis fails, seconds.
+# Maximum wait between marker checks while Redis fails, seconds.
 _MARKER_RETRY_MAX_S = 5.0
 # How long a stopping worker waits for Redis to confirm the last mirror writes.
 _MIRROR_FLUSH_ON_STOP_S = 5.0
