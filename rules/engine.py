@@ -9,8 +9,26 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
-from tagger.rules.aggregates import MAX_PER_VALUES, Plan, fold_event, make_plan, prune
-from tagger.rules.evaluate import Context, collect_timers, evaluate, next_change, reason_values
+from tagger.rules.aggregates import (
+    MAX_PER_VALUES,
+    SPEND_KEY,
+    Plan,
+    avg_count_key,
+    fold_event,
+    make_plan,
+    metrics_of,
+    prune,
+)
+from tagger.rules.evaluate import (
+    Compiled,
+    Compiler,
+    Context,
+    changes_only_at_timers,
+    collect_timers,
+    evaluate,
+    next_change,
+    reason_values,
+)
 from tagger.rules.expression import Metric, Node, walk
 from tagger.rules.rulebook import MANUAL_GROUP, MANUAL_PREFIX, PARAM_RE, Rule, Rulebook
 from tagger.rules.state import CustomerState, Scope, ScopeCache
@@ -37,6 +55,10 @@ MAX_MANUAL_TAGS: Final = 64
 # who sends more than this within the lateness is a bot or a replay error. At
 # the cap, 64 purchases with UUID event ids encode to about 15 KB.
 MAX_PENDING_EVENTS: Final = 64
+# The events that move the cart, which `cart_age` reads (see rules/aggregates.py).
+_CART_EVENTS: Final = frozenset({"add_to_cart", "remove_from_cart", "purchase"})
+# Metrics over a series, whose windowed value changes only as entries enter or leave.
+_SERIES_METRICS: Final = frozenset({"count_window", "net_spend", "sum", "min", "max", "avg"})
 
 
 @dataclass(frozen=True)
@@ -75,8 +97,11 @@ class Engine:
     instant, changes due then come first, then pending events in arrival order.
     """
 
-    def __init__(self, rulebook: Rulebook) -> None:
+    def __init__(self, rulebook: Rulebook, *, select_rules: bool = True) -> None:
+        """`select_rules=False` evaluates every rule at every event and due instant,
+        which gives the same changes more slowly; tests compare the two."""
         self.rulebook = rulebook
+        self._select = select_rules
         self._plan: Plan = make_plan(rulebook.rules)
         self._order = {rule.id: index for index, rule in enumerate(rulebook.rules)}
         self._rules = {rule.id: rule for rule in rulebook.rules}
@@ -91,6 +116,36 @@ class Engine:
         for rule in rulebook.rules:
             if rule.per is not None:
                 self._per_rules.setdefault(rule.per, []).append(rule)
+        # Conditions are compiled once, when the engine is built.
+        compiler = Compiler()
+        self._when: dict[str, Compiled] = {}
+        self._leave: dict[str, Compiled] = {}
+        self._rank: dict[str, Compiled] = {}
+        for rule in rulebook.rules:
+            self._when[rule.id] = compiler.compile(rule.condition)
+            if rule.leave is not None:
+                self._leave[rule.id] = compiler.compile(rule.leave)
+            if rule.rank is not None:
+                self._rank[rule.id] = compiler.compile(rule.rank)
+        self._affected_by_type: dict[str, frozenset[str]] = {}
+        self._exclusive_groups: dict[str, frozenset[str]] = {}
+        for rule in rulebook.rules:
+            if rule.per is None and rulebook.groups[rule.group].exclusive:
+                members = self._exclusive_groups.get(rule.group, frozenset())
+                self._exclusive_groups[rule.group] = members | {rule.id}
+        # For due instants: rules whose every timed part is a duration window
+        # over the customer's series, with those (series key, window) pairs;
+        # every other customer-wide rule is evaluated at each due instant.
+        self._windowed: list[tuple[str, tuple[tuple[str, int], ...]]] = []
+        self._due_always: set[str] = set()
+        for rule in rulebook.rules:
+            if rule.per is not None:
+                continue
+            windows = _windows_only(rule)
+            if windows is None:
+                self._due_always.add(rule.id)
+            elif windows:
+                self._windowed.append((rule.id, windows))
 
     def new_state(self, customer_id: str, *, epoch: int = 0) -> CustomerState:
         """Return the state of a customer never seen before, or not seen since an erasure.
@@ -255,7 +310,12 @@ class Engine:
             instant = state.due
             # Changes due at an instant come before events at that instant. When
             # `due` is a pending event's time and no rule is due, this finds nothing.
-            changes.extend(self._evaluate(state, instant, now=now, source="rule", manual=None))
+            affected = self._affected_at(state, instant)
+            changes.extend(
+                self._evaluate(
+                    state, instant, now=now, source="rule", manual=None, affected=affected
+                )
+            )
             while state.pending and state.pending[0][0] <= instant:
                 _, event = state.pending.pop(0)
                 changes.extend(self._apply_event(state, event, instant, now=now, source="rule"))
@@ -286,13 +346,92 @@ class Engine:
         late_event: Event | None = None,
     ) -> list[TagChange]:
         """Fold one event into the aggregates and evaluate at `time` (or the state's clock)."""
+        # A state evaluated before holds the tags of its last evaluation, and
+        # every due instant since then has fired, so only the rules that read
+        # what this event feeds can decide differently. A new state (clock 0)
+        # has never been evaluated.
+        affected = self._affected(event.type) if self._select and state.clock > 0 else None
         time = max(time, state.clock)
         fold_event(state, event, self._plan, horizon=time, held_values=self._held_params(state))
         _forget_results(state, event)
         manual = self._manual_tags(state, event)
         return self._evaluate(
-            state, time, now=now, source=source, manual=manual, late_event=late_event
+            state,
+            time,
+            now=now,
+            source=source,
+            manual=manual,
+            late_event=late_event,
+            affected=affected,
         )
+
+    def _affected(self, event_type: str) -> frozenset[str]:
+        """Return the ids of the customer-wide rules an event of this type may decide differently.
+
+        Those reading an aggregate, the cart or an attribute that such an
+        event feeds, those whose value may change with time between due
+        instants, those reading `has_tag`, and every rule of an exclusive
+        group that has one of these.
+        """
+        known = self._affected_by_type.get(event_type)
+        if known is not None:
+            return known
+        fed = {key for _, key in self._plan.totals.by_type.get(event_type, ())}
+        affected = {
+            rule.id
+            for rule in self.rulebook.rules
+            if rule.per is None and self._may_change(rule, event_type, fed)
+        }
+        known = self._affected_by_type[event_type] = self._with_groups(affected)
+        return known
+
+    def _affected_at(self, state: CustomerState, time: int) -> frozenset[str] | None:
+        """Return the ids of the customer-wide rules that may decide differently at a due instant.
+
+        Between due instants no timed value changes, so a rule whose timed
+        parts are all duration windows over the series changes only when an
+        entry of one of them enters (time = entry) or leaves (time = entry +
+        window) at `time`. Other rules are always evaluated. None (every
+        rule) for a state never evaluated, or one whose clock is past `time`.
+        """
+        if not self._select or state.clock <= 0 or state.clock > time:
+            return None
+        series = state.totals.series
+        affected = set(self._due_always)
+        for rule_id, windows in self._windowed:
+            for key, window in windows:
+                entries = series.get(key)
+                if entries and (
+                    _has_entry_at(entries, time) or _has_entry_at(entries, time - window)
+                ):
+                    affected.add(rule_id)
+                    break
+        return self._with_groups(affected)
+
+    def _with_groups(self, rule_ids: set[str]) -> frozenset[str]:
+        """Add every rule of an exclusive group that has one of `rule_ids`: one decides the rest."""
+        expanded = set(rule_ids)
+        for members in self._exclusive_groups.values():
+            if not members.isdisjoint(rule_ids):
+                expanded |= members
+        return frozenset(expanded)
+
+    def _may_change(self, rule: Rule, event_type: str, fed: set[str]) -> bool:
+        if not all(changes_only_at_timers(node) for node in _expressions(rule)):
+            return True
+        for metric in metrics_of(rule):
+            kind = metric.kind
+            if kind == "has_tag":
+                return True
+            if kind == "cart_age":
+                if event_type in _CART_EVENTS:
+                    return True
+            elif kind == "attribute":
+                if event_type == "customer_update":
+                    return True
+            elif _metric_keys(metric) & fed:
+                return True
+        return False
 
     def _evaluate(
         self,
@@ -303,8 +442,13 @@ class Engine:
         source: ChangeSource,
         manual: dict[str, int] | None,
         late_event: Event | None = None,
+        affected: frozenset[str] | None = None,
     ) -> list[TagChange]:
-        """Evaluate every rule at `time` and record the changes from the held tags, at `time`.
+        """Evaluate the rules at `time` and record the changes from the held tags, at `time`.
+
+        `affected` limits the customer-wide rules evaluated to those ids;
+        every other one keeps its last decision, which the held tags record.
+        None evaluates every rule.
 
         Also moves the state's clock to `time` and computes its next due time.
         A `time` before the state's clock is raised to it: evaluation never
@@ -314,7 +458,7 @@ class Engine:
         prune(state, self._plan, time)
         held_manual = {tag: since for tag, since in state.tags.items() if _is_manual(tag)}
         manual_after = held_manual if manual is None else manual
-        desired = self._desired(state, time, manual_after)
+        desired = self._desired(state, time, manual_after, affected)
         # The tags has_tag sees in reasons: those decided at this instant.
         visible = {**manual_after, **dict.fromkeys(desired, time)}
 
@@ -365,7 +509,11 @@ class Engine:
         return changes
 
     def _desired(
-        self, state: CustomerState, time: int, manual: Mapping[str, int]
+        self,
+        state: CustomerState,
+        time: int,
+        manual: Mapping[str, int],
+        affected: frozenset[str] | None = None,
     ) -> dict[str, Rule]:
         """Return the rule tags the customer should hold at `time`, each with its rule.
 
@@ -382,13 +530,18 @@ class Engine:
         desired: dict[str, Rule] = {}
         taken_groups: set[str] = set()
         visible = dict(manual)
+        # One context for every customer-wide rule: `visible` grows in place.
+        context = self._context(state, state.totals, time, visible)
         for rule in self.rulebook.evaluation_order or self.rulebook.rules:
             exclusive = self.rulebook.groups[rule.group].exclusive
             if exclusive and rule.group in taken_groups:
                 continue
             if rule.per is None:
-                context = self._context(state, state.totals, time, visible)
-                if self._holds(state, rule, rule.id, context, time):
+                if affected is not None and rule.id not in affected:
+                    tagged = rule.id in state.tags
+                else:
+                    tagged = self._holds(state, rule, rule.id, context, time)
+                if tagged:
                     desired[rule.id] = rule
                     visible[rule.id] = time
                     taken_groups.add(rule.group)
@@ -401,11 +554,11 @@ class Engine:
     def _holds(
         self, state: CustomerState, rule: Rule, tag: str, context: Context, time: int
     ) -> bool:
-        entering = evaluate(rule.condition, context) is True
+        entering = self._when[rule.id](context) is True
         if tag in state.tags:
-            return entering or (
-                rule.leave is not None and evaluate(rule.leave, context) is not True
-            )
+            if entering or rule.leave is None:
+                return entering
+            return self._leave[rule.id](context) is not True
         return entering and not _cooling(state, rule, tag, time)
 
     def _matching_values(self, state: CustomerState, rule: Rule, time: int) -> list[str]:
@@ -443,10 +596,10 @@ class Engine:
         matches: dict[str, tuple[int | Decimal, int]] = {}
         staying: dict[str, tuple[int | Decimal, int]] = {}
         for rule in self._per_rules[per]:
-            entering = evaluate(rule.condition, context) is True
-            if not entering and (rule.leave is None or evaluate(rule.leave, context) is True):
+            entering = self._when[rule.id](context) is True
+            if not entering and (rule.leave is None or self._leave[rule.id](context) is True):
                 continue
-            rank = evaluate(rule.rank, context) if rule.rank is not None else 0
+            rank = self._rank[rule.id](context) if rule.rank is not None else 0
             assert isinstance(rank, int | Decimal)
             result = (rank, _latest_counted(rule, scope, time))
             if entering:
@@ -592,6 +745,45 @@ class Engine:
         if _is_manual(tag):
             return (self._manual_order, tag)
         return (self._order.get(tag.split(":", 1)[0], -1), tag)
+
+
+def _windows_only(rule: Rule) -> tuple[tuple[str, int], ...] | None:
+    """Return the (series key, window) pairs of a rule whose only timed parts are duration windows.
+
+    None when the rule reads anything else that changes with time alone
+    (durations, calendars, distinct counts, sequences), or `has_tag`, or has
+    a cooldown.
+    """
+    if rule.cooldown_ms is not None:
+        return None
+    windows: dict[tuple[str, int], None] = {}
+    for metric in metrics_of(rule):
+        if metric.kind in ("count", "attribute", "last"):
+            continue
+        if metric.kind not in _SERIES_METRICS or metric.calendar is not None:
+            return None
+        if metric.window is not None:
+            for key in sorted(_metric_keys(metric)):
+                windows[(key, metric.window)] = None
+    return tuple(windows)
+
+
+def _has_entry_at(entries: list[list[int]], time: int) -> bool:
+    index = bisect.bisect_left(entries, time, key=_entry_time)
+    return index < len(entries) and entries[index][0] == time
+
+
+def _entry_time(entry: list[int]) -> int:
+    return entry[0]
+
+
+def _metric_keys(metric: Metric) -> set[str]:
+    """Return the aggregate keys a metric reads (see rules/aggregates.py)."""
+    if metric.kind == "net_spend":
+        return {SPEND_KEY}
+    if metric.kind == "avg":
+        return {metric.key, avg_count_key(metric)}
+    return {metric.key}
 
 
 def _expressions(rule: Rule) -> list[Node]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
@@ -28,9 +29,12 @@ from tagger.rules.state import CustomerState, Scope
 from tagger.schemas.money import format_money
 
 __all__ = [
+    "Compiled",
+    "Compiler",
     "Context",
     "Timers",
     "Value",
+    "changes_only_at_timers",
     "collect_timers",
     "evaluate",
     "next_change",
@@ -54,21 +58,37 @@ _WILDCARD: Final = ":*"
 _AVERAGE_DECIMALS: Final = 4
 
 
-@dataclass(frozen=True)
 class Context:
     """The state, scope and time an expression is evaluated at.
 
     `scope` is the customer's own or that of one `per` value. `tags` are the
     tags `has_tag` reads: the rule tags decided so far at this instant and
     the manual tags. None reads the tags the state holds.
+
+    `memo` holds metric values that compiled expressions computed in this
+    context, by metric slot (see `Compiler`), so that rules reading the same
+    metric at the same instant compute it once. A context must not outlive
+    a change to its state or scope.
     """
 
-    state: CustomerState
-    scope: Scope
-    time: int
-    currency: str
-    exponent: int
-    tags: Mapping[str, int] | None = None
+    __slots__ = ("currency", "exponent", "memo", "scope", "state", "tags", "time")
+
+    def __init__(
+        self,
+        state: CustomerState,
+        scope: Scope,
+        time: int,
+        currency: str,
+        exponent: int,
+        tags: Mapping[str, int] | None = None,
+    ) -> None:
+        self.state = state
+        self.scope = scope
+        self.time = time
+        self.currency = currency
+        self.exponent = exponent
+        self.tags = tags
+        self.memo: dict[int, Value] = {}
 
 
 def evaluate(node: Node, context: Context) -> Value:
@@ -88,6 +108,171 @@ def evaluate(node: Node, context: Context) -> Value:
     if isinstance(node, Not):
         return evaluate(node.operand, context) is not True
     raise TypeError(f"unchecked expression node {node!r}")
+
+
+Compiled = Callable[[Context], Value]
+_NUMBER_TYPES: Final = frozenset({int, Decimal, Fraction})
+_OPERATORS: Final[dict[ComparisonOperator, Callable[[Any, Any], bool]]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_MISSING: Final = object()
+
+
+class Compiler:
+    """Turns checked expressions into closures that return what `evaluate` returns.
+
+    A closure dispatches on node types once, when it is built, not on every
+    call. Metrics other than `has_tag` keep their value in the context's
+    memo, under a slot shared by every metric of this compiler with the same
+    meaning, so rules that read one metric at one instant compute it once.
+    `has_tag` is not kept, because the tags it reads grow while rules are
+    decided.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[tuple[Any, ...], int] = {}
+
+    def compile(self, node: Node) -> Compiled:
+        """Return a closure that evaluates the checked expression `node` in a context."""
+        if isinstance(node, Constant):
+            constant = node.value
+            return lambda context: constant
+        if isinstance(node, Metric):
+            return self._metric(node)
+        if isinstance(node, Compare):
+            return self._compare(node)
+        if isinstance(node, Sum):
+            return self._sum(node)
+        if isinstance(node, BoolOp):
+            return _any_true(self._all(node.operands)) if node.op == "or" else self._and(node)
+        if isinstance(node, Not):
+            operand = self.compile(node.operand)
+            return lambda context: operand(context) is not True
+        raise TypeError(f"unchecked expression node {node!r}")
+
+    def _all(self, nodes: Iterable[Node]) -> tuple[Compiled, ...]:
+        return tuple(self.compile(node) for node in nodes)
+
+    def _and(self, node: BoolOp) -> Compiled:
+        operands = self._all(node.operands)
+
+        def all_true(context: Context) -> bool:
+            return all(operand(context) is True for operand in operands)
+
+        return all_true
+
+    def _metric(self, metric: Metric) -> Compiled:
+        if metric.kind == "has_tag":
+            pattern = metric.key
+            return lambda context: _has_tag(pattern, context)
+        meaning = (
+            metric.kind,
+            metric.key,
+            metric.window,
+            metric.field,
+            metric.calendar,
+            metric.timezone,
+            metric.timeout,
+        )
+        slot = self._slots.setdefault(meaning, len(self._slots))
+        compute = _metric_function(metric)
+
+        def memoised(context: Context) -> Value:
+            memo = context.memo
+            value = memo.get(slot, _MISSING)
+            if value is _MISSING:
+                value = memo[slot] = compute(context)
+            return value  # type: ignore[return-value]
+
+        return memoised
+
+    def _compare(self, node: Compare) -> Compiled:
+        op = node.op
+        left = self.compile(node.left)
+        right = self.compile(node.right)
+        if _is_null_literal(node.left) or _is_null_literal(node.right):
+            other = right if _is_null_literal(node.left) else left
+            is_equality = op == "=="
+            return lambda context: (other(context) is None) == is_equality
+        apply = _OPERATORS[op]
+        numbers = _NUMBER_TYPES
+
+        def compare(context: Context) -> bool:
+            left_value = left(context)
+            right_value = right(context)
+            if left_value is None or right_value is None:
+                return False
+            if type(left_value) in numbers and type(right_value) in numbers:
+                return apply(left_value, right_value)
+            return _compare_values(op, left_value, right_value)
+
+        return compare
+
+    def _sum(self, node: Sum) -> Compiled:
+        terms = self._all(node.terms)
+        signs = _signs(node)
+
+        def total(context: Context) -> Value:
+            values: list[int | Decimal | Fraction] = []
+            for term in terms:
+                value = term(context)
+                if value is None:
+                    return None
+                assert isinstance(value, int | Decimal | Fraction)
+                values.append(value)
+            return _add(values, signs)
+
+        return total
+
+
+def _any_true(operands: tuple[Compiled, ...]) -> Compiled:
+    def any_true(context: Context) -> bool:
+        return any(operand(context) is True for operand in operands)
+
+    return any_true
+
+
+def _metric_function(metric: Metric) -> Compiled:
+    """Return a closure computing one metric; the common kinds skip `_metric_value`'s dispatch."""
+    key = metric.key
+    if metric.kind == "count":
+        return lambda context: context.scope.counts.get(key, 0)
+    if metric.kind == "count_window" and metric.window is not None:
+        window = metric.window
+        return lambda context: _recent_total(context.scope.series.get(key), window, context.time)
+    if metric.kind == "net_spend" and metric.window is not None:
+        window = metric.window
+
+        def net_spend(context: Context) -> Value:
+            total = _recent_total(context.scope.series.get(SPEND_KEY), window, context.time)
+            return Decimal(max(0, total)).scaleb(-context.exponent)
+
+        return net_spend
+    if metric.kind == "cart_age":
+
+        def cart_age(context: Context) -> Value:
+            cart = context.state.cart
+            return context.time - min(cart.values()) if cart else None
+
+        return cart_age
+    return lambda context: _metric_value(metric, context)
+
+
+def _recent_total(entries: list[list[int]] | None, window: int, time: int) -> int:
+    """Sum the values of series entries in (time - window, time], as `_window_total` does."""
+    if not entries:
+        return 0
+    low = bisect.bisect_right(entries, time - window, key=_entry_time)
+    high = bisect.bisect_right(entries, time, key=_entry_time)
+    total = 0
+    for index in range(low, high):
+        total += entries[index][1]
+    return total
 
 
 def reason_values(nodes: Iterable[Node], context: Context) -> dict[str, Any]:
@@ -159,6 +344,26 @@ def collect_timers(nodes: Iterable[Node]) -> Timers:
         tuple(calendars),
         tuple(distinct.values()),
         tuple(sequences.values()),
+    )
+
+
+def changes_only_at_timers(node: Node) -> bool:
+    """Return True when, with no new event, `node` changes value only at `next_change` instants.
+
+    Windowed, calendar, distinct and sequence metrics do. A duration metric
+    (`since`, `cart_age`) does only where it is compared with a duration
+    literal: elsewhere its value grows with every millisecond.
+    """
+    timed: set[int] = set()
+    for part in walk(node):
+        if isinstance(part, Compare):
+            duration = _duration_comparison(part)
+            if duration is not None:
+                timed.add(id(duration[0]))
+    return all(
+        id(part) in timed
+        for part in walk(node)
+        if isinstance(part, Metric) and part.kind in ("since", "cart_age")
     )
 
 
@@ -359,22 +564,27 @@ def _compare(node: Compare, context: Context) -> bool:
 
     if left is None or right is None:
         return False
+    return _compare_values(node.op, left, right)
+
+
+def _compare_values(op: ComparisonOperator, left: Value, right: Value) -> bool:
+    """Compare two values, neither None: values of different kinds are only unequal."""
     if not _same_kind(left, right):
-        return node.op == "!="
-    if node.op == "==":
+        return op == "!="
+    if op == "==":
         return left == right
-    if node.op == "!=":
+    if op == "!=":
         return left != right
     if not (_is_number(left) and _is_number(right)):
         return False
 
     assert isinstance(left, int | Decimal | Fraction)
     assert isinstance(right, int | Decimal | Fraction)
-    if node.op == "<":
+    if op == "<":
         return left < right
-    if node.op == "<=":
+    if op == "<=":
         return left <= right
-    if node.op == ">":
+    if op == ">":
         return left > right
     return left >= right
 
@@ -387,8 +597,14 @@ def _sum(node: Sum, context: Context) -> Value:
             return None
         assert isinstance(value, int | Decimal | Fraction)
         values.append(value)
+    return _add(values, _signs(node))
 
-    signs = (1, *(1 if sign == "+" else -1 for sign in node.signs))
+
+def _signs(node: Sum) -> tuple[int, ...]:
+    return (1, *(1 if sign == "+" else -1 for sign in node.signs))
+
+
+def _add(values: list[int | Decimal | Fraction], signs: tuple[int, ...]) -> Value:
     # Decimal and Fraction do not mix, so an average turns the sum into a Fraction.
     if any(isinstance(value, Fraction) for value in values):
         return sum(

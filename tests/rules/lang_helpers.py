@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tagger.rules.aggregates import fold_event, make_plan, prune
-from tagger.rules.evaluate import Context, Value, collect_timers, evaluate, next_change
+from tagger.rules.evaluate import Compiler, Context, Value, collect_timers, evaluate, next_change
 from tagger.rules.expression import Call, parse_expression
 from tagger.rules.metrics import MetricOptions, resolve_metric
 from tagger.rules.rulebook import Rulebook, parse_rulebook
@@ -61,9 +61,15 @@ class Folded:
         fold_event(self.state, event, self.plan, horizon=self.clock, held_values={})
 
     def holds(self, time: int, rule: int = 0) -> bool:
-        """Return whether rule r<rule> holds at `time`."""
+        """Return whether rule r<rule> holds at `time`.
+
+        The engine's compiled condition must agree with `evaluate`, which
+        explain and preview use, so every language test checks both.
+        """
         condition = self.rulebook.rules[rule].condition
-        return evaluate(condition, self._context(time)) is True
+        interpreted = evaluate(condition, self._context(time))
+        assert Compiler().compile(condition)(self._context(time)) == interpreted
+        return interpreted is True
 
     def value(self, text: str, time: int) -> Value:
         """Return the value of one metric, written as in a rule, at `time`."""
@@ -73,7 +79,10 @@ class Folded:
             exponent=self.rulebook.currency_exponent, timezone=self.rulebook.timezone
         )
         metric, _ = resolve_metric(call, text, options)
-        return evaluate(metric, self._context(time))
+        interpreted = evaluate(metric, self._context(time))
+        compiled = Compiler().compile(metric)(self._context(time))
+        assert (compiled, type(compiled)) == (interpreted, type(interpreted))
+        return interpreted
 
     def due(self, time: int) -> int | None:
         """Return the next instant after `time` at which any rule's metrics can change."""

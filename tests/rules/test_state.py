@@ -6,7 +6,13 @@ import pytest
 from rule_helpers import DAY, MINUTE, T0, Customer
 
 from tagger.rules.aggregates import MAX_CART_ITEMS, MAX_PER_VALUES, MAX_SERIES_ENTRIES
-from tagger.rules.state import STATE_VERSION, CustomerState, decode_state, encode_state
+from tagger.rules.state import (
+    COMPRESS_ABOVE_BYTES,
+    STATE_VERSION,
+    CustomerState,
+    decode_state,
+    encode_state,
+)
 
 # Upper bound for one customer's encoded state after a flood of events. The
 # scenario below measured 60,045 bytes: 64 tracked categories, each with the
@@ -37,6 +43,33 @@ def test_round_trip_busy_state(customer: Customer) -> None:
 
 def test_encoded_state_has_version(customer: Customer) -> None:
     assert encode_state(customer.state).startswith(b'{"v":%d' % STATE_VERSION)
+
+
+def test_large_state_stored_deflated(customer: Customer) -> None:
+    for offset in range(40):
+        customer.send("page_view", T0 + offset * MINUTE, category=f"cat{offset % 4}")
+
+    encoded = encode_state(customer.state)
+    restored = decode_state(encode_state(customer.state))
+
+    assert encoded.startswith(b"\x01")
+    assert restored == customer.state
+    assert encode_state(restored) == encoded
+
+
+def test_small_state_stays_json() -> None:
+    state = CustomerState(customer_id="c1", seq=2, clock=T0, tags={"active": T0})
+
+    encoded = encode_state(state)
+
+    assert len(encoded) <= COMPRESS_ABOVE_BYTES
+    assert encoded.startswith(b'{"v":%d' % STATE_VERSION)
+
+
+def test_version_2_state_still_read() -> None:
+    state = decode_state(b'{"v":2,"c":"c1","s":3,"t":{"active":1700000000000}}')
+
+    assert (state.seq, state.tags) == (3, {"active": 1_700_000_000_000})
 
 
 def test_unknown_version_rejected() -> None:
