@@ -35,7 +35,15 @@ def _cores(value: float | None) -> str:
 
 
 def print_table(figures: dict[str, Any]) -> None:
-    """Print events/s, CPU use and ratios of the stages that ran."""
+    """Print events/s, CPU use and ratios of the stages that ran, then the other sections."""
+    console = Console()
+    if figures["stages"]:
+        _print_stages(console, figures)
+    _print_state(console, figures)
+    _print_latency(console, figures)
+
+
+def _print_stages(console: Console, figures: dict[str, Any]) -> None:
     table = Table(
         title=f"{figures['input']['events']:,} events, {figures['input']['customers']:,} customers"
     )
@@ -52,11 +60,9 @@ def print_table(figures: dict[str, Any]) -> None:
             _cores(cpu.get("broker")),
             _cores(cpu.get("redis")),
         )
-    console = Console()
     console.print(table)
     for name, value in figures.get("ratios", {}).items():
         console.print(f"{name}: {value:.1%}")
-    _print_state(console, figures)
 
 
 def _print_state(console: Console, figures: dict[str, Any]) -> None:
@@ -89,3 +95,38 @@ def _print_state(console: Console, figures: dict[str, Any]) -> None:
             console.print(
                 f"recovered worker's RSS growth per 100,000 customers: {growth / 1e6:,.0f} MB"
             )
+
+
+def _percentiles(figures: dict[str, Any]) -> str:
+    if not figures.get("count"):
+        return "no sample"
+    return (
+        f"p50 {figures['p50_ms']:,.1f} ms, p99 {figures['p99_ms']:,.1f} ms, "
+        f"max {figures['max_ms']:,.1f} ms ({figures['count']:,} measured)"
+    )
+
+
+def _print_latency(console: Console, figures: dict[str, Any]) -> None:
+    latency = figures.get("latency")
+    if not latency:
+        return
+    cpu = latency.get("cpu_cores", {})
+    console.print(
+        f"latency: {latency['offered_events_per_s']:,.0f} events/s offered "
+        f"({latency['rate_source']}), {latency['achieved_events_per_s']:,.0f} achieved "
+        f"over {latency['seconds']:.0f} s; CPU worker {_cores(cpu.get('worker'))}, "
+        f"load generator {_cores(cpu.get('bench'))}, broker {_cores(cpu.get('broker'))}, "
+        f"redis {_cores(cpu.get('redis'))}"
+    )
+    console.print(f"event to tag change on the topic: {_percentiles(latency['topic'])}")
+    console.print(f"event to tag change in Redis: {_percentiles(latency['redis'])}")
+    same = latency["redis"].get("same_changes_on_topic")
+    if same:
+        console.print(f"the same changes on the topic: {_percentiles(same)}")
+    fired = latency.get("time_driven")
+    if fired:
+        console.print(
+            f"hesitant fired for {fired['fired']} of {fired['customers']} customers; "
+            f"after the watermark passed its due time: {_percentiles(fired['after_watermark'])}"
+        )
+        console.print(f"after the due time itself: {_percentiles(fired['after_due'])}")

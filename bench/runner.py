@@ -4,6 +4,7 @@ Stages, each its own process on the same input topic: the raw aiokafka loop,
 the bare Faust agent, the reference Faust agent and the worker (optionally
 under py-spy). CPU use of the broker and Redis is reported beside each figure,
 because on a small machine they share the cores with the measured process.
+The latency stage runs last, on topics of its own (see `bench.latency_stage`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import click
 import orjson
 import structlog
 
-from bench.data import BenchInput, default_data_dir, load_base_events
+from bench.data import BaseEvent, BenchInput, default_data_dir, load_base_events
 from bench.kafka_io import ProcessTimes, produce, read_result, rss_bytes
+from bench.latency_stage import DEFAULT_RATE, measure_latency
 from bench.report import print_table, ratios
 from tagger.streams.config import Settings
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
@@ -39,7 +41,7 @@ __all__ = ["main"]
 
 log = structlog.get_logger(__name__)
 
-STAGES = ("raw", "bare", "reference", "worker")
+STAGES = ("raw", "bare", "reference", "worker", "latency")
 # Every stage gives up after this long, so a stuck consumer cannot hang the run.
 _STAGE_TIMEOUT_S = 1800.0
 _POLL_INTERVAL_S = 0.1
@@ -96,7 +98,21 @@ def main() -> None:
     "--stages",
     default=",".join(STAGES),
     show_default=True,
-    help="Comma-separated stages to run: raw, bare, reference, worker.",
+    help="Comma-separated stages to run: raw, bare, reference, worker, latency.",
+)
+@click.option(
+    "--latency-rate",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Offered load of the latency stage in events/s. Default: half the worker "
+    f"stage's events/s when it ran in the same command, else {DEFAULT_RATE:.0f}.",
+)
+@click.option(
+    "--latency-seconds",
+    type=click.FloatRange(min=1.0),
+    default=30.0,
+    show_default=True,
+    help="How long the latency stage offers its load, in seconds.",
 )
 @click.option(
     "--profile",
@@ -115,6 +131,8 @@ def run(
     stages: str,
     profile_path: Path | None,
     json_path: Path | None,
+    latency_rate: float | None,
+    latency_seconds: float,
 ) -> None:
     """Start the embedded broker and Redis (or use KAFKA_BOOTSTRAP_SERVERS and REDIS_URL),
     produce the input, run each stage and print events/s and ratios."""
@@ -149,7 +167,9 @@ def run(
             workdir=Path(tmp),
             server_pids=pids,
         )
-        figures = _run_stages(context, selected, profile_path)
+        figures = _run_stages(
+            context, selected, profile_path, _LatencyLoad(latency_rate, latency_seconds)
+        )
 
     print_table(figures)
     if json_path is not None:
@@ -157,12 +177,25 @@ def run(
         log.info("figures written", path=str(json_path))
 
 
-def _run_stages(context: Context, selected: list[str], profile_path: Path | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _LatencyLoad:
+    """The latency stage's options: offered events/s (None: derived) and seconds."""
+
+    rate: float | None
+    seconds: float
+
+
+def _run_stages(
+    context: Context, selected: list[str], profile_path: Path | None, latency: _LatencyLoad
+) -> dict[str, Any]:
     base, source = load_base_events(default_data_dir())
     bench_input = BenchInput(base, context.events, context.customers)
-    # Creating the worker's topics creates the input topic with its partition count.
-    create_topics(context.worker_settings("worker"))
-    produce_seconds = produce(context.bootstrap, context.topic, bench_input.records())
+    # The latency stage makes its own events, so alone it needs no input topic.
+    produce_seconds: float | None = None
+    if set(selected) - {"latency"}:
+        # Creating the worker's topics creates the input topic with its partition count.
+        create_topics(context.worker_settings("worker"))
+        produce_seconds = produce(context.bootstrap, context.topic, bench_input.records())
 
     figures: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -174,7 +207,9 @@ def _run_stages(context: Context, selected: list[str], profile_path: Path | None
             "sample_copies": bench_input.cycles,
             "customers_per_sample_customer": bench_input.split,
             "partitions": context.partitions,
-            "produce_events_per_s": round(context.events / produce_seconds),
+            "produce_events_per_s": (
+                round(context.events / produce_seconds) if produce_seconds else None
+            ),
         },
         "stages": {},
     }
@@ -183,8 +218,12 @@ def _run_stages(context: Context, selected: list[str], profile_path: Path | None
         "bare": lambda ctx: _run_faust(ctx, "bare"),
         "reference": lambda ctx: _run_faust(ctx, "reference"),
         "worker": lambda ctx: _run_worker(ctx, profile_path),
+        "latency": lambda ctx: _run_latency(ctx, figures, base, latency),
     }
     for stage in selected:
+        if stage == "latency":
+            # Runs last, so that its rate can follow the worker stage's.
+            continue
         log.info("stage starting", stage=stage, events=context.events)
         figures["stages"][stage] = runners[stage](context)
         log.info("stage finished", stage=stage, **figures["stages"][stage])
@@ -192,7 +231,26 @@ def _run_stages(context: Context, selected: list[str], profile_path: Path | None
     # A profiling run skips state and recovery, so that it stays short.
     if "worker" in figures["stages"] and profile_path is None:
         _run_state(context, figures)
+    if "latency" in selected:
+        figures["latency"] = runners["latency"](context)
+        log.info("latency measured", **figures["latency"])
     return figures
+
+
+def _run_latency(
+    context: Context, figures: dict[str, Any], base: list[BaseEvent], load: _LatencyLoad
+) -> dict[str, Any]:
+    rate, rate_source = load.rate, "option"
+    worker_rate = figures["stages"].get("worker", {}).get("events_per_s")
+    if rate is None and worker_rate:
+        rate, rate_source = worker_rate / 2, "half the worker stage"
+    elif rate is None:
+        rate, rate_source = DEFAULT_RATE, "default"
+    log.info("stage starting", stage="latency", rate=rate, seconds=load.seconds)
+    result = measure_latency(
+        context, rate=rate, seconds=load.seconds, base=base, timeout_s=_STAGE_TIMEOUT_S
+    )
+    return {"rate_source": rate_source, **result}
 
 
 def _run_state(context: Context, figures: dict[str, Any]) -> None:

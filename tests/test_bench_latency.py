@@ -1,0 +1,106 @@
+"""The latency stage's matching and summary helpers, without a broker or Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.latency_stage import (
+    EventTimes,
+    MirrorWatch,
+    mirror_seq_of_change,
+    summarise,
+    watermark_passed_at,
+)
+from tagger.streams.mirror_lua import mirror_seq
+
+
+def test_summarise_nearest_rank() -> None:
+    figures = summarise([index / 1000 for index in range(1, 101)])
+
+    assert figures["count"] == 100
+    assert figures["p50_ms"] == 50.0
+    assert figures["p99_ms"] == 99.0
+    assert figures["max_ms"] == 100.0
+
+
+def test_summarise_empty() -> None:
+    assert summarise([]) == {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+
+
+def test_mirror_seq_of_change_with_colons() -> None:
+    assert mirror_seq_of_change("shop:c1:2:7") == mirror_seq(2, 7)
+
+
+def test_event_times_unique_per_customer() -> None:
+    times = EventTimes()
+
+    first = times.stamp("c1", 100.0)
+    second = times.stamp("c1", 100.0)
+    other = times.stamp("c2", 100.0)
+
+    assert first == 100_000
+    assert second == 100_001
+    # Never below an earlier stamp, so each partition's clock follows send order.
+    assert other == 100_001
+    assert times.sent_at("c1", 100_001) == 100.0
+    assert times.sent_at("c1", 100_002) is None
+    assert len(times) == 3
+
+
+def test_watermark_passed_by_wall_clock() -> None:
+    passed = watermark_passed_at(
+        10_000, lateness_ms=500, offset_ms=2_000, partition_idle_from_s=0.0
+    )
+
+    # Due 10 s on the worker's clock is 8 s real; plus 0.5 s lateness and 1 s lag.
+    assert passed == pytest.approx(9.5)
+
+
+def test_watermark_waits_for_idle_partition() -> None:
+    passed = watermark_passed_at(10_000, lateness_ms=0, offset_ms=0, partition_idle_from_s=10.5)
+
+    assert passed == pytest.approx(12.5)
+
+
+def test_mirror_watch_limit() -> None:
+    watch = MirrorWatch(limit=1, window_s=1.0)
+
+    assert watch.offer("c1", 10.0)
+    assert not watch.offer("c2", 10.0)
+    assert watch.offer("c1", 10.5)
+    assert watch.watched(11.2) == ["c1"]
+    assert watch.watched(11.6) == []
+    assert watch.offer("c2", 11.6)
+
+
+def test_mirror_watch_visible_after_send() -> None:
+    watch = MirrorWatch(limit=10, window_s=5.0)
+    watch.offer("c1", 10.0)
+    watch.record("c1", 10.01, 0)
+    watch.record("c1", 10.02, 0)
+    watch.record("c1", 10.05, 3)
+
+    assert watch.covers("c1", 10.0)
+    assert watch.visible_at("c1", 3, 10.0) == 10.05
+    assert watch.visible_at("c1", 4, 10.0) is None
+
+
+def test_mirror_watch_uncovered_send() -> None:
+    watch = MirrorWatch(limit=10, window_s=1.0)
+    watch.offer("c1", 10.0)
+    watch.record("c1", 10.01, 2)
+    watch.watched(12.0)
+
+    assert not watch.covers("c1", 12.5)
+    assert watch.visible_at("c1", 2, 12.5) is None
+    assert not watch.covers("c2", 10.0)
+
+
+def test_mirror_watch_value_before_send() -> None:
+    """A value polled before the send cannot come from the event: it is not counted."""
+    watch = MirrorWatch(limit=10, window_s=5.0)
+    watch.offer("c1", 10.0)
+    watch.record("c1", 10.01, 5)
+    watch.offer("c1", 10.5)
+
+    assert watch.visible_at("c1", 5, 10.5) is None
