@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import inspect
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,11 @@ _MAX_FUTURE_MS = 24 * 3_600_000
 # this many the oldest half is dropped, which only makes those customers'
 # next mirror write a repeat.
 _MAX_PENDING_CONFIRMATIONS = 200_000
+# Decoded states of the customers written last are kept, so that a customer
+# seen again within a few batches is not decoded again. An entry is used
+# only while the table holds the very bytes it was encoded to. At about
+# 5 KB a decoded state (estimate), this is some 20 MB.
+_DECODED_STATES = 4_096
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +184,7 @@ class Processor(ErasureSteps):
         # were assigned: every assignment then re-submits all its customers.
         self.resubmit_on_assign = False
         self.processed_offsets: dict[tuple[str, int], int] = {}
+        self._decoded: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
         self._lateness = rulebook.allowed_lateness_ms
         self._input_topics = frozenset(settings.input_topics)
         self._partition_keys = {
@@ -221,6 +228,7 @@ class Processor(ErasureSteps):
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Forget clocks and due indexes of partitions this worker no longer owns."""
+        self._decoded.clear()
         for p in partitions:
             if self.assigned.pop(p, None) is None:
                 continue
@@ -568,13 +576,29 @@ class Processor(ErasureSteps):
         if state is not None:
             return state
         raw = None if key in work.erased else self.customers.get(key)
-        state = self._new_state(key, customer_id, work) if raw is None else decode_state(raw)
+        state = self._new_state(key, customer_id, work) if raw is None else self._decode(key, raw)
         confirmed = self.mirror_confirmed.pop(state.customer_id, None)
         if confirmed is not None and confirmed > state.mirrored_seq:
             state.mirrored_seq = confirmed
         self.engine.start_batch(state)
         states[key] = state
         return state
+
+    def _decode(self, key: bytes, raw: bytes) -> CustomerState:
+        """Return the state stored as `raw`, kept decoded if `raw` is what it was written as."""
+        kept = self._decoded.pop(key, None)
+        if kept is not None and kept[0] == raw:
+            return kept[1]
+        return decode_state(raw)
+
+    def _store(self, key: bytes, state: CustomerState) -> None:
+        """Write a state to the table and keep it decoded for the batches that follow."""
+        encoded = encode_state(state)
+        self.customers[key] = encoded
+        self._decoded[key] = (encoded, state)
+        self._decoded.move_to_end(key)
+        if len(self._decoded) > _DECODED_STATES:
+            self._decoded.popitem(last=False)
 
     async def _fire_due(self, p: int, work: _BatchWork) -> None:
         ps = self.assigned.get(p)
@@ -618,7 +642,7 @@ class Processor(ErasureSteps):
             for key, state in states.items():
                 ps.pseq += 1
                 state.pseq = ps.pseq
-                self.customers[key] = encode_state(state)
+                self._store(key, state)
                 ps.due.set(key, state.due)
         self._write_erasures(work)
 

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tagger.rules.rulebook import load_rulebook
+from tagger.rules.state import decode_state
 from tagger.schemas.erasure import ErasureRequest, encode_erasure_request
 from tagger.streams.config import Settings
 from tagger.streams.erasures import ErasureRecord
@@ -176,8 +177,8 @@ async def test_erasure_between_events_in_one_batch() -> None:
     assert ("0", "added", "rule") in actions
     assert ("0", "removed", "erasure") in actions
     assert ("1", "added", "rule") in actions
-    stored = world.customers[b"dave"]
-    assert orjson.loads(stored)["e"] == 1
+    stored = decode_state(world.customers[b"dave"])
+    assert stored.epoch == 1
 
 
 async def test_crash_before_ack_resends_same_bytes() -> None:
