@@ -29,10 +29,6 @@ log = structlog.get_logger(__name__)
 # The live clock and lag gauges are refreshed this often (seconds); firing a
 # time-driven change lags its due time by at most this plus the live clock lag.
 _TICK_INTERVAL_S = 0.25
-# The fetch wait on the embedded Tansu broker (ms), which answers a fetch
-# only when the wait ends: 10 ms took an aiokafka consumer's p99 delivery
-# delay from 750 ms (Faust's 1,500 ms wait) to 11 ms at 500 records/s.
-_TANSU_FETCH_WAIT_MS = 10
 # Producer linger (ms). Each batch waits for two rounds of acknowledgements
 # (changelogs, then tag changes), and each round waited the whole linger:
 # 5.9 ms at 5 ms of linger, 0.6 ms without. The batch already groups records.
@@ -104,7 +100,6 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
     rulebook: Rulebook,
     *,
     probe_end_offsets: bool = False,
-    tansu: bool = False,
     mirror: Any = None,
     gate: VersionGate | None = None,
 ) -> TaggerRuntime:
@@ -112,9 +107,6 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
     registry = CollectorRegistry()
     metrics = TaggerMetrics.create(registry)
     TaggerApp.probe_end_offsets = probe_end_offsets
-    TaggerApp.fetch_max_wait_ms = settings.fetch_max_wait_ms or (
-        _TANSU_FETCH_WAIT_MS if tansu else None
-    )
     app = TaggerApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],

@@ -86,12 +86,6 @@ class Settings:
     # at a light load the timeout is added to every event's latency.
     batch_size: int = 1000
     batch_timeout_s: float = 0.01
-    # The longest a fetch waits for new records (ms). 0 picks 10 ms on the
-    # embedded Tansu broker, which answers a fetch only when this wait ends
-    # even when records arrived before, and Faust's 1,500 ms elsewhere:
-    # Kafka answers as soon as a record arrives, so there the wait only
-    # spaces out the fetches of an idle consumer.
-    fetch_max_wait_ms: int = 0
     broker_session_timeout_s: float = 30.0
     standby_replicas: int = 0
     # How often consumed offsets are committed (seconds); after a crash the
@@ -180,11 +174,6 @@ class Settings:
             )
         if self.batch_size < 1:
             raise ConfigError(f"invalid batch size {self.batch_size}: must be 1 or more")
-        if self.fetch_max_wait_ms < 0:
-            raise ConfigError(
-                f"invalid fetch wait {self.fetch_max_wait_ms} ms: set "
-                f"{_env_name('fetch_max_wait_ms')} to 0 (automatic) or more"
-            )
         for name in ("recovery_log_interval_s", "recovery_stall_s", "shutdown_timeout_s"):
             value = getattr(self, name)
             if not value > 0:
