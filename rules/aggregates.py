@@ -34,6 +34,7 @@ __all__ = [
     "Plan",
     "ScopePlan",
     "avg_count_key",
+    "entry_count",
     "fold_event",
     "make_plan",
     "metrics_of",
@@ -474,13 +475,14 @@ def _new_scope(scopes: dict[str, Scope], held: Set[str]) -> Scope:
         candidates = [value for value in scopes if value not in held] or list(scopes)
         weakest = min(
             candidates,
-            key=lambda value: (_entry_count(scopes[value]), -(scopes[value].newest or 0), value),
+            key=lambda value: (entry_count(scopes[value]), -(scopes[value].newest or 0), value),
         )
         del scopes[weakest]
     return Scope()
 
 
-def _entry_count(scope: Scope) -> int:
+def entry_count(scope: Scope) -> int:
+    """Return how many windowed entries a scope holds, over all its series."""
     return sum(len(entries) for entries in scope.series.values())
 
 

@@ -33,6 +33,8 @@ SASL_MECHANISMS: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # the file named by `<ENV VAR>_FILE`, as container secrets are mounted.
 _SECRET_FIELDS = ("sasl_password", "redis_password", "web_token")
 _MASK = "***"
+# A state cap below this would trim customers with ordinary histories.
+_MIN_STATE_CAP = 1_024
 
 # Kafka topic names: Kafka's own limit of 249 characters from [a-zA-Z0-9._-].
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -86,6 +88,10 @@ class Settings:
     # at a light load the timeout is added to every event's latency.
     batch_size: int = 1000
     batch_timeout_s: float = 0.01
+    # The hard cap on one customer's stored state (bytes). A state above it
+    # is trimmed (see Processor._trim) and the trim is logged. The rulebook's
+    # own bounds keep states far below: 20 KB was the largest seen.
+    max_state_bytes: int = 65_536
     broker_session_timeout_s: float = 30.0
     standby_replicas: int = 0
     # How often consumed offsets are committed (seconds); after a crash the
@@ -174,6 +180,11 @@ class Settings:
             )
         if self.batch_size < 1:
             raise ConfigError(f"invalid batch size {self.batch_size}: must be 1 or more")
+        if self.max_state_bytes < _MIN_STATE_CAP:
+            raise ConfigError(
+                f"invalid state cap {self.max_state_bytes} bytes: set "
+                f"{_env_name('max_state_bytes')} to {_MIN_STATE_CAP} or more"
+            )
         for name in ("recovery_log_interval_s", "recovery_stall_s", "shutdown_timeout_s"):
             value = getattr(self, name)
             if not value > 0:

@@ -32,6 +32,7 @@ class TaggerMetrics:
     mirror_pending: Gauge
     mirror_resyncs: Counter
     errors: Counter
+    states_trimmed: Counter
     batch_seconds: Histogram
     event_latency_seconds: Histogram
     partition_clock_ms: Gauge
@@ -103,6 +104,11 @@ class TaggerMetrics:
                 "tagger_errors_total",
                 "Errors caught and handled by the worker, by kind.",
                 ["kind"],
+                registry=registry,
+            ),
+            states_trimmed=Counter(
+                "tagger_states_trimmed_total",
+                "Customer states trimmed to stay under TAGGER_MAX_STATE_BYTES.",
                 registry=registry,
             ),
             batch_seconds=Histogram(

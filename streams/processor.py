@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from tagger.errors import InvalidEvent
+from tagger.rules.aggregates import entry_count
 from tagger.rules.engine import Engine, Position
 from tagger.rules.rulebook import Rulebook
 from tagger.rules.state import CustomerState, decode_state, encode_state
@@ -594,11 +595,52 @@ class Processor(ErasureSteps):
     def _store(self, key: bytes, state: CustomerState) -> None:
         """Write a state to the table and keep it decoded for the batches that follow."""
         encoded = encode_state(state)
+        if len(encoded) > self.settings.max_state_bytes:
+            encoded = self._trim(state, encoded)
         self.customers[key] = encoded
         self._decoded[key] = (encoded, state)
         self._decoded.move_to_end(key)
         if len(self._decoded) > _DECODED_STATES:
             self._decoded.popitem(last=False)
+
+    def _trim(self, state: CustomerState, encoded: bytes) -> bytes:
+        """Shrink a state over the cap; return its encoding, logged, under the cap if possible.
+
+        First the dedup memory goes (redeliveries are still caught by input
+        position), then tracked `per` values whose tag is not held, those
+        with the fewest windowed events first, as when their number is
+        capped. Their tags may then come later than without the cap.
+        """
+        cap = self.settings.max_state_bytes
+        before = len(encoded)
+        state.recent.clear()
+        encoded = encode_state(state)
+        held = {tag.partition(":")[2] for tag in state.tags}
+        dropped = 0
+        for scopes in state.per.values():
+            spare = sorted(
+                (value for value in scopes if value not in held),
+                key=lambda value: (entry_count(scopes[value]), value),
+            )
+            for value in spare:
+                if len(encoded) <= cap:
+                    break
+                del scopes[value]
+                dropped += 1
+                encoded = encode_state(state)
+        self.metrics.states_trimmed.inc()
+        fields = {
+            "customer_id": state.customer_id,
+            "bytes_before": before,
+            "bytes_after": len(encoded),
+            "cap": cap,
+            "per_values_dropped": dropped,
+        }
+        if len(encoded) > cap:
+            log.error("customer state still over the size cap after trimming", **fields)
+        else:
+            log.warning("customer state over the size cap trimmed", **fields)
+        return encoded
 
     async def _fire_due(self, p: int, work: _BatchWork) -> None:
         ps = self.assigned.get(p)

@@ -1,0 +1,97 @@
+"""The hard cap on a customer's stored state: trimmed, counted and logged, never exceeded."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import orjson
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from tagger.errors import ConfigError
+from tagger.rules.rulebook import load_rulebook
+from tagger.rules.state import decode_state
+from tagger.streams.config import Settings
+from tagger.streams.metrics import TaggerMetrics
+from tagger.streams.partitioning import partition_for
+from tagger.streams.processor import InboundRecord, Processor
+
+_BASE = 1_709_251_200_000
+_MINUTE = 60_000
+_CAP = 1_024
+_SETTINGS = Settings(partitions=2, clock_mode="replay", max_state_bytes=_CAP)
+_KEY = b"heavy"
+
+
+def _views(count: int) -> list[InboundRecord]:
+    """Page views over many categories, three of each within minutes, so states grow."""
+    records = []
+    for offset in range(count):
+        event = {
+            "event_id": f"view-{offset}",
+            "customer_id": "heavy",
+            "type": "page_view",
+            "ts": _BASE + offset * _MINUTE,
+            "category": f"category.number{offset // 3}",
+        }
+        records.append(
+            InboundRecord(
+                topic=_SETTINGS.input_topics[0],
+                partition=partition_for(_KEY, _SETTINGS.partitions),
+                offset=offset,
+                key=_KEY,
+                value=orjson.dumps(event),
+            )
+        )
+    return records
+
+
+async def _run(settings: Settings, records: list[InboundRecord]) -> tuple[dict[bytes, bytes], Any]:
+    customers: dict[bytes, bytes] = {}
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        return None
+
+    metrics = TaggerMetrics.create(CollectorRegistry())
+    processor = Processor(
+        settings=settings,
+        rulebook=load_rulebook(None),
+        customers=customers,
+        partitions={},
+        send=send,
+        metrics=metrics,
+    )
+    await processor.assign(range(settings.partitions))
+    for start in range(0, len(records), 50):
+        await processor.handle_batch(records[start : start + 50])
+    return customers, metrics
+
+
+async def test_state_over_cap_is_trimmed_and_logged() -> None:
+    records = _views(600)
+    uncapped, _ = await _run(dataclasses.replace(_SETTINGS, max_state_bytes=10**6), records)
+    assert len(uncapped[_KEY]) > _CAP
+
+    with structlog.testing.capture_logs() as logs:
+        customers, metrics = await _run(_SETTINGS, records)
+
+    state = decode_state(customers[_KEY])
+    assert len(customers[_KEY]) <= _CAP
+    assert metrics.states_trimmed._value.get() > 0
+    trims = [
+        entry for entry in logs if entry["event"] == "customer state over the size cap trimmed"
+    ]
+    assert trims
+    assert trims[0]["customer_id"] == "heavy"
+    assert trims[0]["bytes_before"] > _CAP
+    assert trims[0]["per_values_dropped"] > 0
+    held = {tag.partition(":")[2] for tag in state.tags if tag.startswith("browsing_interest:")}
+    assert held
+    assert held <= set(state.per["category"])
+
+
+def test_cap_below_minimum_rejected() -> None:
+    with pytest.raises(ConfigError, match="TAGGER_MAX_STATE_BYTES"):
+        Settings(max_state_bytes=100).validated()
