@@ -12,6 +12,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
+import tagger.streams.stores  # noqa: F401 - makes rocksdb:// the key-partitioned store
 from tagger.rules.rulebook import Rulebook
 from tagger.streams.config import Settings
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
