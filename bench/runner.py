@@ -152,6 +152,13 @@ def main() -> None:
     help="Also run both recoveries under py-spy and write their collapsed stacks here.",
 )
 @click.option(
+    "--standby-replicas",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="TAGGER_STANDBY_REPLICAS of every worker in the scale2 stage.",
+)
+@click.option(
     "--customer-counts",
     default="100000,1000000",
     show_default=True,
@@ -179,6 +186,7 @@ def run(
     recovery_tries: tuple[str, ...],
     recovery_runs: int,
     recovery_profile_dir: Path | None,
+    standby_replicas: int,
     customer_counts: str,
 ) -> None:
     """Start the embedded broker and Redis (or use KAFKA_BOOTSTRAP_SERVERS and REDIS_URL),
@@ -195,6 +203,7 @@ def run(
         variants=[Variant.parse(text) for text in recovery_tries],
         recovery_runs=recovery_runs,
         recovery_profile_dir=recovery_profile_dir,
+        standby_replicas=standby_replicas,
         customer_counts=_parse_counts(customer_counts),
     )
 
@@ -238,6 +247,7 @@ class _ScaleOptions:
     variants: list[Variant]
     recovery_runs: int
     recovery_profile_dir: Path | None
+    standby_replicas: int
     customer_counts: list[int]
 
 
@@ -287,7 +297,7 @@ def _run_stages(
         "worker": lambda ctx: _run_worker(ctx, profile_path),
     }
     scale_runners: dict[str, Callable[[Context], dict[str, Any]]] = {
-        "scale2": lambda ctx: _run_scale2(ctx, bench_input),
+        "scale2": lambda ctx: _run_scale2(ctx, bench_input, options.standby_replicas),
         "customers": lambda ctx: _run_customers(ctx, base, options.customer_counts),
     }
     for stage in selected:
@@ -329,10 +339,15 @@ def _run_state(context: Context, figures: dict[str, Any], options: _ScaleOptions
     )
 
 
-def _run_scale2(context: Context, bench_input: BenchInput) -> dict[str, Any]:
+def _run_scale2(context: Context, bench_input: BenchInput, standby_replicas: int) -> dict[str, Any]:
     from bench.scale_stage import measure_scale2
 
-    return measure_scale2(context, bench_input.records, timeout_s=_STAGE_TIMEOUT_S)
+    return measure_scale2(
+        context,
+        bench_input.records,
+        standby_replicas=standby_replicas,
+        timeout_s=_STAGE_TIMEOUT_S,
+    )
 
 
 def _run_customers(context: Context, base: list[BaseEvent], counts: list[int]) -> dict[str, Any]:

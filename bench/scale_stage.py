@@ -1,8 +1,8 @@
 """Scale stages: two workers against one, and the worker over more customers.
 
 `scale2` runs one worker, then two workers in one consumer group, both with
-one standby replica, each configuration on its own fresh copy of the input
-with its own app id and Redis prefix. `customers` runs the worker stage on
+the same standby replicas (1 by default), each configuration on its own fresh
+copy of the input with its own app id and Redis prefix. `customers` runs the worker stage on
 inputs of the same event count over each customer count.
 """
 
@@ -38,15 +38,17 @@ _EVENTS_COUNTER = "tagger_events_total"
 Records = Callable[[], Iterable[tuple[bytes, bytes, int]]]
 
 
-def measure_scale2(context: Context, records: Records, *, timeout_s: float) -> dict[str, Any]:
+def measure_scale2(
+    context: Context, records: Records, *, standby_replicas: int, timeout_s: float
+) -> dict[str, Any]:
     """Measure one worker, then two in one group, on the same input; return both and the ratio."""
-    one = _measure_group(context, records, 1, timeout_s)
+    one = _measure_group(context, records, 1, standby_replicas, timeout_s)
     log.info("one worker measured", **one)
-    two = _measure_group(context, records, 2, timeout_s)
+    two = _measure_group(context, records, 2, standby_replicas, timeout_s)
     log.info("two workers measured", **two)
     ratio = two["events_per_s"] / one["events_per_s"] if one["events_per_s"] else None
     return {
-        "standby_replicas": 1,
+        "standby_replicas": standby_replicas,
         "one_worker": one,
         "two_workers": two,
         "two_over_one": None if ratio is None else round(ratio, 3),
@@ -54,12 +56,12 @@ def measure_scale2(context: Context, records: Records, *, timeout_s: float) -> d
 
 
 def _measure_group(
-    context: Context, records: Records, count: int, timeout_s: float
+    context: Context, records: Records, count: int, standby_replicas: int, timeout_s: float
 ) -> dict[str, Any]:
     """Run `count` workers in one group and return the group's events/s and CPU use.
 
     The workers start on an empty input topic, and the input is produced only
-    when every worker holds partitions and all of them are recovered. So the
+    when every worker is assigned partitions and all of them are recovered. So the
     group has settled before any event arrives: no rebalance and no table
     recovery falls inside the measured window, and neither worker gets a head
     start on partitions it is about to lose. The clock starts when the
@@ -71,7 +73,7 @@ def _measure_group(
     name = f"scale{count}"
     topic = f"{context.run_id}-{name}-events"
     base = dataclasses.replace(
-        context.worker_settings(name), input_topics=(topic,), standby_replicas=1
+        context.worker_settings(name), input_topics=(topic,), standby_replicas=standby_replicas
     )
     group = [
         dataclasses.replace(
@@ -117,8 +119,8 @@ def _check_alive(context: Context, processes: list[subprocess.Popen[bytes]]) -> 
             )
 
 
-def _holds_all(context: Context, statuses: list[dict[str, Any] | None]) -> bool:
-    """Return True when every worker holds recovered partitions and together they hold all."""
+def _covers_all_partitions(context: Context, statuses: list[dict[str, Any] | None]) -> bool:
+    """Return True when every worker has recovered partitions and together they have all."""
     held: set[str] = set()
     for status in statuses:
         partitions = (status or {}).get("partitions", {})
@@ -138,7 +140,7 @@ def _wait_settled(
     while time.monotonic() < deadline:
         _check_alive(context, processes)
         statuses = _statuses(group)
-        if _holds_all(context, statuses):
+        if _covers_all_partitions(context, statuses):
             held = [sorted((status or {})["partitions"], key=int) for status in statuses]
             log.info("group settled", workers=len(group), partitions=held)
             return time.monotonic() - started
@@ -158,7 +160,7 @@ def _processed(group: list[Settings]) -> float:
 
 
 def _caught_up(context: Context, statuses: list[dict[str, Any] | None]) -> bool:
-    if not _holds_all(context, statuses):
+    if not _covers_all_partitions(context, statuses):
         return False
     for status in statuses:
         assert status is not None
@@ -180,6 +182,7 @@ def _follow_group(
     times.sample()
     started = time.monotonic()
     processed_before = _processed(group)
+
     while time.monotonic() < deadline:
         _check_alive(context, processes)
         times.sample()
@@ -188,6 +191,7 @@ def _follow_group(
         time.sleep(_POLL_INTERVAL_S)
     else:
         raise click.ClickException(f"{len(group)} workers did not catch up in time")
+
     seconds = time.monotonic() - started
     events = round(context.events - processed_before)
     cpu = times.shares(seconds)
