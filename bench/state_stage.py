@@ -226,13 +226,16 @@ def measure_recovery(
             context, recovery_settings, process, started, timeout_s, profiled, times, log_path
         )
         finished = _wait_recovery_lines(log_path)
+        # A worker that builds its index quickly can report ready before its
+        # sampler logs `recovery finished`; the window then ends a little late.
+        cpu = ready.cpu if ready.cpu is not None else recovery_cpu(times, finished)
     finally:
         stop_worker(process, profiled=profiled)
 
     figures: dict[str, Any] = {
         "store": recovery_settings.extra.get("store", "memory://"),
         "seconds_to_ready": None if ready.seconds is None else round(ready.seconds, 2),
-        "cpu_cores_while_recovering": ready.cpu,
+        "cpu_cores_while_recovering": cpu,
         "rss_bytes_before_recovery": ready.rss_before,
         "rss_bytes_after_recovery": ready.rss_after,
         "data_dir_bytes": dir_bytes(data_dir),
