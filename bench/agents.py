@@ -5,8 +5,11 @@
 - `faust --mode bare`: a Faust agent that iterates the topic and does nothing else.
 - `faust --mode reference`: a Faust agent that takes batches like the worker,
   decodes each event and writes one Table entry per distinct customer per batch.
+- `recovery`: a plain Faust app with one Table, the worker's customers table,
+  that restores it from the changelog with faust-streaming's default recovery.
 
-Each writes a JSON result (events, seconds from first to last event) to `--result`.
+The first three write a JSON result (events, seconds from first to last event)
+to `--result`. `recovery` logs `recovery finished` lines as the worker does.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from prometheus_client import CollectorRegistry
 from bench.kafka_io import write_result
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
+from tagger.streams.logs import configure_logging
+from tagger.streams.recovery_progress import RecoveryProgress
 
 log = structlog.get_logger(__name__)
 
@@ -231,6 +236,97 @@ def faust(
     )
     worker = TaggerWorker(app, loglevel="info", redirect_stdouts=False, override_logging=False)
     log.info("faust agent starting", mode=mode, app_id=app_id, topic=topic)
+    worker.execute_from_commandline()
+
+
+@main.command()
+@click.option("--bootstrap", required=True, help="Kafka bootstrap servers, host:port.")
+@click.option("--app-id", required=True, help="App id of the worker whose changelog is restored.")
+@click.option("--partitions", type=int, default=8, help="Partitions of the changelog.")
+@click.option(
+    "--store",
+    type=click.Choice(["memory://", "rocksdb://"]),
+    default="memory://",
+    show_default=True,
+    help="Faust store of the table.",
+)
+@click.option("--session-timeout", type=float, default=10.0, help="Broker session timeout (s).")
+@click.option(
+    "--recovery-buffer-size",
+    type=int,
+    default=None,
+    help="The Table's recovery_buffer_size (records applied per store batch); "
+    "Faust's default (1000) when unset.",
+)
+@click.option(
+    "--log-interval",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Recovery progress log interval (s); recovery is sampled twice as often.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True)
+def recovery(
+    bootstrap: str,
+    app_id: str,
+    partitions: int,
+    store: str,
+    session_timeout: float,
+    recovery_buffer_size: int | None,
+    log_interval: float,
+    data_dir: Path,
+) -> None:
+    """Restore the worker's customers table with a plain Faust app until stopped.
+
+    The app has the worker's app id and one Table named like the worker's
+    customers table, so it reads `<app id>-customers-changelog`. Recovery
+    settings are Faust's defaults, and Faust reads its settings' env vars
+    (such as CONSUMER_MAX_FETCH_SIZE) as usual, so a caller can try others.
+    Apart from the table, only three things differ from a bare `faust.App`.
+    The consumer reads changelogs to their true end on the embedded broker,
+    as the worker's does, so both restore the same records. The session
+    timeout is short, so that the group forms sooner. The web server is off.
+    Recovery is timed by the worker's own sampler (`RecoveryProgress`),
+    which only reads Faust's recovery state.
+    """
+    configure_logging("info")
+    # The worker runs on uvloop where it is installed; so does its comparison.
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    TaggerApp.probe_end_offsets = needs_probe(broker_cluster_id(bootstrap))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = TaggerApp(
+        app_id,
+        broker=[f"kafka://{server}" for server in bootstrap.split(",")],
+        store=store,
+        datadir=str(data_dir),
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=min(3.0, session_timeout / 3),
+        web_enabled=False,
+    )
+    table_options: dict[str, Any] = {}
+    if recovery_buffer_size is not None:
+        table_options["recovery_buffer_size"] = recovery_buffer_size
+    app.Table(
+        "customers",
+        default=None,
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        **table_options,
+    )
+    progress = RecoveryProgress(app, log_interval_s=log_interval, stall_s=30.0)
+    worker = TaggerWorker(
+        app, progress, loglevel="info", redirect_stdouts=False, override_logging=False
+    )
+    log.info(
+        "plain Faust recovery starting",
+        app_id=app_id,
+        store=store,
+        recovery_buffer_size=recovery_buffer_size,
+    )
     worker.execute_from_commandline()
 
 

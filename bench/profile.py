@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["summarise_profile"]
+__all__ = ["RECOVERY_INCLUSIVE", "summarise_profile"]
 
 # A py-spy frame: "function (path/to/file.py:line)" or "function (path/to/file.py)".
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
@@ -37,6 +37,18 @@ _INCLUSIVE = (
     ("mirror writer (streams/mirror.py)", (None, "/streams/mirror.py")),
     ("Faust table writes (faust/tables)", (None, "/faust/tables/")),
 )
+# The same for a table recovery from changelogs. The shares nest: the
+# recovery loop calls the store, and aiokafka runs in Faust's consumer thread.
+RECOVERY_INCLUSIVE = (
+    ("aiokafka (fetch, decode records)", (None, "/aiokafka/")),
+    ("Faust consumer thread and transport", (None, "/faust/transport/")),
+    ("Faust recovery loop (tables/recovery.py)", (None, "/faust/tables/recovery.py")),
+    ("store apply_changelog_batch", ("apply_changelog_batch", "/faust/stores/")),
+    ("Faust table on_changelog_event", ("on_changelog_event", "/faust/tables/")),
+    ("tagger end-offset probe", (None, "/streams/end_offsets.py")),
+    ("tagger recovery sampler", (None, "/streams/recovery_progress.py")),
+    ("tagger partition assignment (Processor.assign)", ("assign", "/streams/processor")),
+)
 _TOP_FUNCTIONS = 15
 
 
@@ -58,11 +70,16 @@ def _area(file: str) -> str:
     return "other"
 
 
-def summarise_profile(path: Path) -> dict[str, Any]:
-    """Return the share of samples per area (innermost frame), per function and inclusive."""
+def summarise_profile(
+    path: Path, *, inclusive: tuple[tuple[str, tuple[str | None, str]], ...] = _INCLUSIVE
+) -> dict[str, Any]:
+    """Return the share of samples per area (innermost frame), per function and inclusive.
+
+    `inclusive` lists (label, (function name suffix or None, file fragment)).
+    """
     areas: Counter[str] = Counter()
     functions: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
+    inclusive_counts: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -79,13 +96,13 @@ def summarise_profile(path: Path) -> dict[str, Any]:
         function, file = frames[-1]
         areas[_area(file)] += count
         functions[f"{function} ({Path(file).name})"] += count
-        for label, (wanted_function, fragment) in _INCLUSIVE:
+        for label, (wanted_function, fragment) in inclusive:
             if any(
                 fragment in frame_file
                 and (wanted_function is None or name.endswith(wanted_function))
                 for name, frame_file in frames
             ):
-                inclusive[label] += count
+                inclusive_counts[label] += count
     if total == 0:
         return {"samples": 0}
 
@@ -98,5 +115,5 @@ def summarise_profile(path: Path) -> dict[str, Any]:
         "self_top_functions": {
             name: share(count) for name, count in functions.most_common(_TOP_FUNCTIONS)
         },
-        "inclusive": {label: share(inclusive[label]) for label, _ in _INCLUSIVE},
+        "inclusive": {label: share(inclusive_counts[label]) for label, _ in inclusive},
     }

@@ -35,17 +35,11 @@ def _cores(value: float | None) -> str:
 
 
 def print_table(figures: dict[str, Any]) -> None:
-    """Print events/s, CPU use and ratios of the stages that ran, then the other sections."""
-    console = Console()
-    if figures["stages"]:
-        _print_stages(console, figures)
-    _print_state(console, figures)
-    _print_latency(console, figures)
-
-
-def _print_stages(console: Console, figures: dict[str, Any]) -> None:
+    """Print events/s, CPU use and ratios of the stages that ran."""
+    store = figures["input"].get("store", "memory://")
     table = Table(
-        title=f"{figures['input']['events']:,} events, {figures['input']['customers']:,} customers"
+        title=f"{figures['input']['events']:,} events, {figures['input']['customers']:,} "
+        f"customers, store {store}"
     )
     for column in ("stage", "events/s", "seconds", "CPU: consumer", "broker", "redis"):
         table.add_column(column, justify="right" if column != "stage" else "left")
@@ -60,9 +54,16 @@ def _print_stages(console: Console, figures: dict[str, Any]) -> None:
             _cores(cpu.get("broker")),
             _cores(cpu.get("redis")),
         )
-    console.print(table)
+    console = Console()
+    if figures["stages"]:
+        console.print(table)
     for name, value in figures.get("ratios", {}).items():
         console.print(f"{name}: {value:.1%}")
+    _print_state(console, figures)
+    _print_recovery_comparison(console, figures)
+    _print_scale2(console, figures.get("scale2"))
+    _print_customers(console, figures.get("customers"))
+    _print_latency(console, figures)
 
 
 def _print_state(console: Console, figures: dict[str, Any]) -> None:
@@ -85,7 +86,8 @@ def _print_state(console: Console, figures: dict[str, Any]) -> None:
     recovery = figures.get("recovery")
     if recovery:
         console.print(
-            f"recovery: ready in {recovery['seconds_to_ready']:.1f} s, "
+            f"recovery ({recovery.get('store', 'memory://')}): "
+            f"{_ready(recovery.get('seconds_to_ready'))}, "
             f"{recovery.get('restored', '?')} records restored in "
             f"{recovery.get('recovery_seconds', '?')} s, "
             f"{recovery.get('records_per_s', '?')} records/s"
@@ -95,6 +97,136 @@ def _print_state(console: Console, figures: dict[str, Any]) -> None:
             console.print(
                 f"recovered worker's RSS growth per 100,000 customers: {growth / 1e6:,.0f} MB"
             )
+
+
+def _ready(seconds: float | None) -> str:
+    return "never ready" if seconds is None else f"ready in {seconds:.1f} s"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _print_phases(console: Console, name: str, phases: dict[str, float] | None) -> None:
+    if phases:
+        console.print(
+            f"{name}'s first recovery: waited {phases['waiting_for_first_record_s']} s for "
+            f"the first record, stalled {phases['stalled_s']} s, read for "
+            f"{phases['reading_s']} s at {_rate(phases['records_per_s_while_reading'])} records/s"
+        )
+
+
+def _print_recovery_comparison(console: Console, figures: dict[str, Any]) -> None:
+    """Print the worker's recovery rate beside the plain Faust app's, and each variant."""
+    comparison = figures.get("recovery_comparison")
+    if not comparison:
+        return
+    faust = comparison["faust_default"]
+    ratio = comparison.get("worker_over_faust")
+    runs = comparison.get("runs", 1)
+    runs_label = f"median of {runs} runs" if runs > 1 else "one run"
+    console.print(
+        f"recovery, {runs_label}: "
+        f"worker {_rate(comparison.get('worker_records_per_s'))} records/s, "
+        f"plain Faust app (default recovery) {_rate(comparison.get('faust_records_per_s'))} "
+        f"records/s (first run {faust.get('restored', '?')} records in "
+        f"{faust.get('recovery_seconds', '?')} s); "
+        f"worker / Faust: {'-' if ratio is None else f'{ratio:.2f}'} (goal 1.5)"
+    )
+    _print_phases(console, "worker", figures.get("recovery", {}).get("phases"))
+    _print_phases(console, "plain Faust app", faust.get("phases"))
+
+    _print_variants(console, comparison.get("variants", []))
+
+    for name, profile in comparison.get("profiles", {}).items():
+        inclusive = profile["summary"].get("inclusive", {})
+        shown = ", ".join(f"{label} {share:.0%}" for label, share in inclusive.items() if share)
+        console.print(f"recovery profile, {name} ({profile['path']}): {shown}")
+
+
+def _print_variants(console: Console, variants: list[dict[str, Any]]) -> None:
+    if not variants:
+        return
+    table = Table(title="recovery with one Faust setting changed")
+    table.add_column("setting", no_wrap=True)
+    for column in ("worker records/s", "change", "Faust records/s", "change"):
+        table.add_column(column, justify="right")
+    for variant in variants:
+        table.add_row(
+            variant["setting"],
+            _rate(variant.get("worker_records_per_s")),
+            _share(variant.get("worker_change")),
+            _rate(variant.get("faust_records_per_s")),
+            _share(variant.get("faust_change")),
+        )
+    console.print(table)
+
+
+def _print_scale2(console: Console, scale: dict[str, Any] | None) -> None:
+    """Print one worker against two, with each process's CPU use."""
+    if not scale:
+        return
+    table = Table(title=f"one worker against two (standby replicas {scale['standby_replicas']})")
+    columns = ("workers", "events/s", "seconds", "CPU: worker 1", "worker 2", "broker", "redis")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for key in ("one_worker", "two_workers"):
+        group = scale[key]
+        cpu = group.get("cpu_cores", {})
+        table.add_row(
+            str(group["workers"]),
+            f"{group['events_per_s']:,.0f}",
+            f"{group['seconds']:.1f}",
+            _cores(cpu.get("worker1")),
+            _cores(cpu.get("worker2")),
+            _cores(cpu.get("broker")),
+            _cores(cpu.get("redis")),
+        )
+    console.print(table)
+    ratio = scale.get("two_over_one")
+    console.print(f"two workers / one: {'-' if ratio is None else f'{ratio:.2f}'} (goal 1.3)")
+
+
+def _print_customers(console: Console, customers: dict[str, Any] | None) -> None:
+    """Print the worker's rate at each customer count and the last-to-first ratio."""
+    if not customers:
+        return
+    table = Table(title=f"worker over customer counts, {customers['events']:,} events each")
+    # Short headings, so that eight columns fit an 80-column terminal.
+    columns = (
+        "customers",
+        "distinct",
+        "events each",
+        "changes each",
+        "events/s",
+        "CPU",
+        "broker",
+        "redis",
+    )
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=column == "customers")
+    for count, figures in customers["by_customers"].items():
+        shape = figures["input"]
+        cpu = figures.get("cpu_cores", {})
+        table.add_row(
+            f"{int(count):,}",
+            f"{shape['distinct_customers']:,}",
+            str(shape["events_per_customer"]),
+            str(shape["tag_changes_per_event"]),
+            f"{figures['events_per_s']:,.0f}",
+            _cores(cpu.get("worker")),
+            _cores(cpu.get("broker")),
+            _cores(cpu.get("redis")),
+        )
+    console.print(table)
+    ratio = customers.get("last_over_first")
+    console.print(
+        f"last count / first: {'-' if ratio is None else f'{ratio:.2f}'} (goal 0.8 or more)"
+    )
 
 
 def _percentiles(figures: dict[str, Any]) -> str:

@@ -4,11 +4,14 @@ Stages, each its own process on the same input topic: the raw aiokafka loop,
 the bare Faust agent, the reference Faust agent and the worker (optionally
 under py-spy). CPU use of the broker and Redis is reported beside each figure,
 because on a small machine they share the cores with the measured process.
-The latency stage runs last, on topics of its own (see `bench.latency_stage`).
+The scale stages, `scale2` (two workers against one) and `customers` (the
+worker over several customer counts), produce inputs of their own. The
+latency stage runs last, on topics of its own (see `bench.latency_stage`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import signal
@@ -31,6 +34,7 @@ import structlog
 from bench.data import BaseEvent, BenchInput, default_data_dir, load_base_events
 from bench.kafka_io import ProcessTimes, produce, read_result, rss_bytes
 from bench.latency_stage import DEFAULT_RATE, measure_latency
+from bench.recovery_stage import Variant
 from bench.report import print_table, ratios
 from tagger.streams.config import Settings
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
@@ -41,7 +45,12 @@ __all__ = ["main"]
 
 log = structlog.get_logger(__name__)
 
-STAGES = ("raw", "bare", "reference", "worker", "latency")
+STAGES = ("raw", "bare", "reference", "worker", "latency", "scale2", "customers")
+# Stages whose figures are not one consumer's rate, kept beside "stages" in the JSON.
+# They produce inputs of their own and take long, so they run only when named.
+_SCALE_STAGES = ("scale2", "customers")
+_DEFAULT_STAGES = tuple(stage for stage in STAGES if stage not in _SCALE_STAGES)
+_STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
 # Every stage gives up after this long, so a stuck consumer cannot hang the run.
 _STAGE_TIMEOUT_S = 1800.0
 _POLL_INTERVAL_S = 0.1
@@ -62,6 +71,7 @@ class Context:
     workdir: Path
     server_pids: dict[str, int | None]
     partitions: int = 8
+    store: str = "memory://"
 
     def worker_settings(self, name: str) -> Settings:
         """Return settings of a worker reading the benchmark input in replay clock mode."""
@@ -80,6 +90,7 @@ class Context:
             data_dir=str(self.workdir / f"{name}-data"),
             broker_session_timeout_s=_SESSION_TIMEOUT_S,
             log_level="info",
+            extra={"store": self.store},
         ).validated()
 
 
@@ -96,9 +107,9 @@ def main() -> None:
 @click.option("--quick", is_flag=True, help="Shortcut for --events 100000 --customers 10000.")
 @click.option(
     "--stages",
-    default=",".join(STAGES),
+    default=",".join(_DEFAULT_STAGES),
     show_default=True,
-    help="Comma-separated stages to run: raw, bare, reference, worker, latency.",
+    help="Comma-separated stages to run: raw, bare, reference, worker, latency, scale2, customers.",
 )
 @click.option(
     "--latency-rate",
@@ -113,6 +124,56 @@ def main() -> None:
     default=30.0,
     show_default=True,
     help="How long the latency stage offers its load, in seconds.",
+)
+@click.option(
+    "--store",
+    type=click.Choice(sorted(_STORES)),
+    default="memory",
+    show_default=True,
+    help="Table store of the worker stage (TAGGER_STORE).",
+)
+@click.option(
+    "--recovery-store",
+    type=click.Choice(sorted(_STORES)),
+    default=None,
+    help="Table store of both recoveries after the worker stage; --store when unset.",
+)
+@click.option(
+    "--recovery-try",
+    "recovery_tries",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="After the recovery comparison, restore again with one Faust setting changed: "
+    "an env var Faust reads (CONSUMER_MAX_FETCH_SIZE=8388608) or recovery_buffer_size=N "
+    "(plain Faust app only). Repeatable.",
+)
+@click.option(
+    "--recovery-runs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Times the worker and the plain Faust app each recover, in turns; "
+    "the comparison uses medians.",
+)
+@click.option(
+    "--profile-recovery",
+    "recovery_profile_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also run both recoveries under py-spy and write their collapsed stacks here.",
+)
+@click.option(
+    "--standby-replicas",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="TAGGER_STANDBY_REPLICAS of every worker in the scale2 stage.",
+)
+@click.option(
+    "--customer-counts",
+    default="100000,1000000",
+    show_default=True,
+    help="Comma-separated customer counts of the customers stage, at --events events each.",
 )
 @click.option(
     "--profile",
@@ -133,6 +194,13 @@ def run(
     json_path: Path | None,
     latency_rate: float | None,
     latency_seconds: float,
+    store: str,
+    recovery_store: str | None,
+    recovery_tries: tuple[str, ...],
+    recovery_runs: int,
+    recovery_profile_dir: Path | None,
+    standby_replicas: int,
+    customer_counts: str,
 ) -> None:
     """Start the embedded broker and Redis (or use KAFKA_BOOTSTRAP_SERVERS and REDIS_URL),
     produce the input, run each stage and print events/s and ratios."""
@@ -143,6 +211,15 @@ def run(
     unknown = sorted(set(selected) - set(STAGES))
     if unknown:
         raise click.BadParameter(f"unknown stages {unknown}: use {', '.join(STAGES)}")
+    options = _ScaleOptions(
+        recovery_store=_STORES[recovery_store or store],
+        variants=[Variant.parse(text) for text in recovery_tries],
+        recovery_runs=recovery_runs,
+        recovery_profile_dir=recovery_profile_dir,
+        standby_replicas=standby_replicas,
+        customer_counts=_parse_counts(customer_counts),
+        latency=_LatencyLoad(latency_rate, latency_seconds),
+    )
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -166,10 +243,9 @@ def run(
             customers=customers,
             workdir=Path(tmp),
             server_pids=pids,
+            store=_STORES[store],
         )
-        figures = _run_stages(
-            context, selected, profile_path, _LatencyLoad(latency_rate, latency_seconds)
-        )
+        figures = _run_stages(context, selected, profile_path, options)
 
     print_table(figures)
     if json_path is not None:
@@ -185,16 +261,40 @@ class _LatencyLoad:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class _ScaleOptions:
+    """Options of the recovery comparison, the scale stages and the latency stage."""
+
+    recovery_store: str
+    variants: list[Variant]
+    recovery_runs: int
+    recovery_profile_dir: Path | None
+    standby_replicas: int
+    customer_counts: list[int]
+    latency: _LatencyLoad
+
+
+def _parse_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"invalid customer counts {text!r}: {exc}") from exc
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"invalid customer counts {text!r}: use counts of 1 or more")
+    return counts
+
+
 def _run_stages(
-    context: Context, selected: list[str], profile_path: Path | None, latency: _LatencyLoad
+    context: Context, selected: list[str], profile_path: Path | None, options: _ScaleOptions
 ) -> dict[str, Any]:
     base, source = load_base_events(default_data_dir())
     bench_input = BenchInput(base, context.events, context.customers)
-    # The latency stage makes its own events, so alone it needs no input topic.
+    # Creating the worker's topics creates the input topic with its partition count.
+    create_topics(context.worker_settings("worker"))
+    # The scale and latency stages make their own inputs, so a run of only those
+    # skips this one.
     produce_seconds: float | None = None
-    if set(selected) - {"latency"}:
-        # Creating the worker's topics creates the input topic with its partition count.
-        create_topics(context.worker_settings("worker"))
+    if set(selected) - {*_SCALE_STAGES, "latency"}:
         produce_seconds = produce(context.bootstrap, context.topic, bench_input.records())
 
     figures: dict[str, Any] = {
@@ -210,6 +310,7 @@ def _run_stages(
             "produce_events_per_s": (
                 round(context.events / produce_seconds) if produce_seconds else None
             ),
+            "store": context.store,
         },
         "stages": {},
     }
@@ -218,19 +319,26 @@ def _run_stages(
         "bare": lambda ctx: _run_faust(ctx, "bare"),
         "reference": lambda ctx: _run_faust(ctx, "reference"),
         "worker": lambda ctx: _run_worker(ctx, profile_path),
-        "latency": lambda ctx: _run_latency(ctx, figures, base, latency),
+        "latency": lambda ctx: _run_latency(ctx, figures, base, options.latency),
+    }
+    scale_runners: dict[str, Callable[[Context], dict[str, Any]]] = {
+        "scale2": lambda ctx: _run_scale2(ctx, bench_input, options.standby_replicas),
+        "customers": lambda ctx: _run_customers(ctx, base, options.customer_counts),
     }
     for stage in selected:
         if stage == "latency":
             # Runs last, so that its rate can follow the worker stage's.
             continue
         log.info("stage starting", stage=stage, events=context.events)
+        if stage in _SCALE_STAGES:
+            figures[stage] = scale_runners[stage](context)
+            continue
         figures["stages"][stage] = runners[stage](context)
         log.info("stage finished", stage=stage, **figures["stages"][stage])
     figures["ratios"] = ratios(figures["stages"])
     # A profiling run skips state and recovery, so that it stays short.
     if "worker" in figures["stages"] and profile_path is None:
-        _run_state(context, figures)
+        _run_state(context, figures, options)
     if "latency" in selected:
         figures["latency"] = runners["latency"](context)
         log.info("latency measured", **figures["latency"])
@@ -253,16 +361,46 @@ def _run_latency(
     return {"rate_source": rate_source, **result}
 
 
-def _run_state(context: Context, figures: dict[str, Any]) -> None:
+def _run_state(context: Context, figures: dict[str, Any], options: _ScaleOptions) -> None:
+    from bench.recovery_stage import compare_recovery
     from bench.state_stage import measure_recovery, measure_state
 
     settings = context.worker_settings("worker")
     figures["state"] = measure_state(settings, figures["stages"]["worker"].get("rss_bytes"))
     log.info("state measured", **figures["state"])
+    # The changelog is the same whatever store wrote it, so both recoveries may use another.
+    settings = dataclasses.replace(settings, extra={"store": options.recovery_store})
     figures["recovery"] = measure_recovery(
         context, settings, figures["state"]["customers"], timeout_s=_STAGE_TIMEOUT_S
     )
     log.info("recovery measured", **figures["recovery"])
+    figures["recovery_comparison"] = compare_recovery(
+        context,
+        settings,
+        figures["recovery"],
+        figures["state"]["customers"],
+        runs=options.recovery_runs,
+        variants=options.variants,
+        profile_dir=options.recovery_profile_dir,
+        timeout_s=_STAGE_TIMEOUT_S,
+    )
+
+
+def _run_scale2(context: Context, bench_input: BenchInput, standby_replicas: int) -> dict[str, Any]:
+    from bench.scale_stage import measure_scale2
+
+    return measure_scale2(
+        context,
+        bench_input.records,
+        standby_replicas=standby_replicas,
+        timeout_s=_STAGE_TIMEOUT_S,
+    )
+
+
+def _run_customers(context: Context, base: list[BaseEvent], counts: list[int]) -> dict[str, Any]:
+    from bench.scale_stage import measure_customers
+
+    return measure_customers(context, base, counts, timeout_s=_STAGE_TIMEOUT_S)
 
 
 def _machine() -> dict[str, Any]:

@@ -28,7 +28,15 @@ from tagger.streams.worker_process import caught_up_to
 if TYPE_CHECKING:
     from bench.runner import Context
 
-__all__ = ["get_path", "measure_worker", "start_worker", "stop_worker"]
+__all__ = [
+    "counters",
+    "get_path",
+    "measure_worker",
+    "profiled_command",
+    "start_worker",
+    "stop_worker",
+    "worker_pid",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +57,7 @@ def get_path(settings: Settings, path: str) -> bytes | None:
         return None
 
 
-def _counters(settings: Settings) -> dict[str, float]:
+def counters(settings: Settings) -> dict[str, float]:
     """Return the worker's tagger_*_total counters, summed over their labels."""
     body = get_path(settings, "/metrics")
     totals: dict[str, float] = {}
@@ -60,7 +68,7 @@ def _counters(settings: Settings) -> dict[str, float]:
     return totals
 
 
-def _worker_pid(process: subprocess.Popen[bytes], profiled: bool) -> int | None:
+def worker_pid(process: subprocess.Popen[bytes], profiled: bool) -> int | None:
     """Return the pid of the worker itself: py-spy's child when profiling."""
     if not profiled:
         return process.pid
@@ -97,25 +105,38 @@ def measure_worker(
     return figures
 
 
+def profiled_command(command: list[str], profile_output: Path) -> list[str]:
+    """Return `command` run under `py-spy record`, writing collapsed stacks to `profile_output`."""
+    return [
+        "py-spy",
+        "record",
+        "--format",
+        "raw",
+        "--rate",
+        str(_PROFILE_RATE),
+        "--output",
+        str(profile_output),
+        "--",
+        *command,
+    ]
+
+
 def start_worker(
-    settings: Settings, log_path: Path, *, profile_output: Path | None
+    settings: Settings,
+    log_path: Path,
+    *,
+    profile_output: Path | None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `tagger worker` with `settings`, under py-spy when `profile_output` is set."""
+    """Start `tagger worker` with `settings`, under py-spy when `profile_output` is set.
+
+    `extra_env` adds environment variables, such as Faust's own settings
+    (`CONSUMER_MAX_FETCH_SIZE`), which Faust reads from the environment.
+    """
     command = [sys.executable, "-m", "tagger.streams.cli", "worker"]
     if profile_output is not None:
-        command = [
-            "py-spy",
-            "record",
-            "--format",
-            "raw",
-            "--rate",
-            str(_PROFILE_RATE),
-            "--output",
-            str(profile_output),
-            "--",
-            *command,
-        ]
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        command = profiled_command(command, profile_output)
+    env = {**os.environ, **settings.to_env(), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -149,7 +170,7 @@ def _follow(
         body = get_path(settings, "/status")
         status = orjson.loads(body) if body else None
         if times is None and status is not None:
-            times = ProcessTimes({"worker": _worker_pid(process, profiled), **context.server_pids})
+            times = ProcessTimes({"worker": worker_pid(process, profiled), **context.server_pids})
         if times is not None:
             times.sample()
         lag = _input_lag(status, context)
@@ -165,7 +186,7 @@ def _follow(
 
     assert first_poll is not None and times is not None
     seconds = time.monotonic() - first_poll[0]
-    counters = _counters(settings)
+    totals = counters(settings)
     events = first_poll[1]
     return {
         "events": events,
@@ -173,8 +194,8 @@ def _follow(
         "events_per_s": round(events / seconds, 1) if seconds > 0 else 0.0,
         "join_seconds": round(first_poll[0] - started, 1),
         "cpu_cores": times.shares(seconds),
-        "rss_bytes": rss_bytes(_worker_pid(process, profiled)),
-        "counters": counters,
+        "rss_bytes": rss_bytes(worker_pid(process, profiled)),
+        "counters": totals,
     }
 
 
@@ -196,7 +217,7 @@ def _input_lag(status: dict[str, Any] | None, context: Context) -> int | None:
 
 def stop_worker(process: subprocess.Popen[bytes], profiled: bool) -> None:
     """Stop the worker with SIGTERM (py-spy then writes its profile and exits too)."""
-    target = _worker_pid(process, profiled) if profiled else process.pid
+    target = worker_pid(process, profiled) if profiled else process.pid
     if target is not None and process.poll() is None:
         os.kill(target, signal.SIGTERM)
     try:

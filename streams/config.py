@@ -14,6 +14,7 @@ from tagger.errors import ConfigError
 __all__ = [
     "SASL_MECHANISMS",
     "SECURITY_PROTOCOLS",
+    "STORES",
     "ClockMode",
     "SaslMechanism",
     "Secret",
@@ -35,6 +36,12 @@ _SECRET_FIELDS = ("sasl_password", "redis_password", "web_token")
 _MASK = "***"
 # A state cap below this would trim customers with ordinary histories.
 _MIN_STATE_CAP = 1_024
+
+# Table stores the worker accepts in TAGGER_STORE, as faust-streaming store URLs.
+# `rocksdb://` needs the rocksdict package. The store is kept in `extra["store"]`,
+# which the app reads; unset means Faust's in-memory store.
+STORES: tuple[str, ...] = ("memory://", "rocksdb://")
+_STORE_ENV = "TAGGER_STORE"
 
 # Kafka topic names: Kafka's own limit of 249 characters from [a-zA-Z0-9._-].
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -67,7 +74,8 @@ class Settings:
 
     Each field reads the env var `TAGGER_<FIELD>` (see `from_env`), except
     `kafka_bootstrap_servers` (KAFKA_BOOTSTRAP_SERVERS) and `redis_url`
-    (REDIS_URL), which follow the names other tools use.
+    (REDIS_URL), which follow the names other tools use. TAGGER_STORE (one
+    of STORES) sets `extra["store"]`, the Faust table store.
     """
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -198,6 +206,11 @@ class Settings:
             )
         if "{" in self.redis_prefix or "}" in self.redis_prefix:
             raise ConfigError(f"invalid Redis prefix {self.redis_prefix!r}: keys carry no braces")
+        store = self.extra.get("store", STORES[0])
+        if store not in STORES:
+            raise ConfigError(
+                f"invalid table store {store!r}: set {_STORE_ENV} to one of {', '.join(STORES)}"
+            )
         _check_kafka_security(self)
         _check_redis_security(self)
         return self
@@ -221,6 +234,9 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[spec.name] = _convert(spec.name, raw, getattr(cls(), spec.name))
+        store = env.get(_STORE_ENV)
+        if store:
+            values["extra"] = {"store": store.strip()}
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values).validated()
 
@@ -230,7 +246,7 @@ class Settings:
         An unset field becomes an empty variable, which `from_env` skips, so
         a value in the parent's own environment cannot reach the child.
         """
-        env: dict[str, str] = {}
+        env: dict[str, str] = {_STORE_ENV: str(self.extra.get("store", ""))}
         for spec in fields(self):
             value = getattr(self, spec.name)
             if spec.name == "extra":

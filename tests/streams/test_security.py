@@ -383,3 +383,24 @@ def test_docs_name_only_real_env_vars(name: str) -> None:
     named = set(re.findall(r"\b(?:TAGGER_[A-Z_]*[A-Z]|REDIS_URL|KAFKA_BOOTSTRAP_SERVERS)\b", text))
 
     assert named - known == set()
+
+
+def test_store_from_env_round_trips() -> None:
+    settings = Settings.from_env({"TAGGER_STORE": "rocksdb://"})
+
+    assert settings.extra["store"] == "rocksdb://"
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_store_unset_leaves_memory_default() -> None:
+    settings = Settings.from_env({})
+
+    assert "store" not in settings.extra
+    assert settings.to_env()["TAGGER_STORE"] == ""
+
+
+def test_invalid_store_names_env_var() -> None:
+    with pytest.raises(ConfigError, match="TAGGER_STORE") as caught:
+        Settings.from_env({"TAGGER_STORE": "aerospike://"})
+
+    assert "rocksdb://" in str(caught.value)
