@@ -23,7 +23,15 @@ from tagger.streams.rulebook_versions import BatchAbandoned, VersionGate
 from tagger.streams.security import faust_app_args
 from tagger.streams.web import register_views, web_application_options
 
-__all__ = ["BATCH_FAILED_EXIT_CODE", "TaggerApp", "TaggerRuntime", "TaggerWorker", "build_app"]
+__all__ = [
+    "BATCH_FAILED_EXIT_CODE",
+    "CONSUMER_MAX_FETCH_BYTES",
+    "PRODUCER_LINGER_MS",
+    "TaggerApp",
+    "TaggerRuntime",
+    "TaggerWorker",
+    "build_app",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +41,12 @@ _TICK_INTERVAL_S = 0.25
 # Producer linger (ms). Each batch waits for two rounds of acknowledgements
 # (changelogs, then tag changes), and each round waited the whole linger:
 # 5.9 ms at 5 ms of linger, 0.6 ms without. The batch already groups records.
-_LINGER_MS = 1
+PRODUCER_LINGER_MS = 1
+# The most a fetch returns per partition (bytes); Faust's default is 1 MiB.
+# Table recovery reads changelogs in fetches of this size, waiting up to
+# Faust's fixed 1.5 s fetch wait between them on the embedded broker: 8 MiB
+# took the worker's recovery from 4,130 to 10,595 records/s.
+CONSUMER_MAX_FETCH_BYTES = 8 * 1024 * 1024
 # Exit code of a worker whose batch raised (EX_SOFTWARE): a supervisor
 # restarts it, and the batch is consumed again.
 BATCH_FAILED_EXIT_CODE = 70
@@ -120,7 +133,8 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=_LINGER_MS,
+        producer_linger_ms=PRODUCER_LINGER_MS,
+        consumer_max_fetch_size=CONSUMER_MAX_FETCH_BYTES,
         table_standby_replicas=settings.standby_replicas,
         web_enabled=True,
         web_bind=settings.web_host,
