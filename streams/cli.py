@@ -207,9 +207,11 @@ def worker(**options: Any) -> None:
 
     \b
     TAGGER_BATCH_SIZE=1000              records per batch
-    TAGGER_BATCH_TIMEOUT_S=0.05         max wait for a batch to fill, seconds
+    TAGGER_BATCH_TIMEOUT_S=0.01         max wait for a batch to fill, seconds
     TAGGER_BROKER_SESSION_TIMEOUT_S=30  consumer group session timeout, seconds
     TAGGER_STANDBY_REPLICAS=0           standby copies of each table partition
+    TAGGER_STORE=memory://              table store: memory:// or rocksdb://
+    TAGGER_MAX_STATE_BYTES=65536        hard cap on one customer's stored state
     TAGGER_COMMIT_INTERVAL_S=1.0        how often consumed offsets are committed, seconds
     TAGGER_MIRROR_TIMEOUT_S=1.0         Redis socket timeout of the mirror, seconds
     TAGGER_BROKER_END_OFFSET_FIX=auto   read changelogs to their true end: auto|on|off
