@@ -317,9 +317,8 @@ def _wait_ready(
         time.sleep(_POLL_INTERVAL_S)
     if cpu is None:
         raise click.ClickException(f"recovery worker was not ready within {timeout_s:.0f} s")
-    # NOTE: with rocksdb:// the worker restores its tables, then fails to build
-    # its index: faust-streaming 0.15.3's RocksDB store rejects table writes
-    # made outside a stream event. The recovery figures still hold.
+    # A worker that restored its tables but never became ready (a failure
+    # after recovery, shown in its log) still leaves the recovery figures.
     log.warning(
         "recovery finished but the worker did not become ready",
         seconds=_READY_AFTER_RECOVERY_S,
