@@ -28,7 +28,11 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from bench.kafka_io import write_result
-from tagger.streams.app import CONSUMER_MAX_FETCH_BYTES, PRODUCER_LINGER_MS
+from tagger.streams.app import (
+    CONSUMER_MAX_FETCH_BYTES,
+    PRODUCER_BUFFER_RECORDS,
+    PRODUCER_LINGER_MS,
+)
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
 from tagger.streams.logs import configure_logging
@@ -185,6 +189,7 @@ def faust(
         web_stats_enabled=False,
         web_metrics_enabled=False,
     )
+    app.producer.buffer.max_messages = PRODUCER_BUFFER_RECORDS
     source = app.topic(
         topic,
         key_type=bytes,
