@@ -28,11 +28,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from bench.kafka_io import write_result
-from tagger.streams.app import (
-    CONSUMER_MAX_FETCH_BYTES,
-    PRODUCER_BUFFER_RECORDS,
-    PRODUCER_LINGER_MS,
-)
+from tagger.streams.app import PRODUCER_BUFFER_RECORDS, PRODUCER_LINGER_MS
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
 from tagger.streams.logs import configure_logging
@@ -177,7 +173,6 @@ def faust(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=PRODUCER_LINGER_MS,
-        consumer_max_fetch_size=CONSUMER_MAX_FETCH_BYTES,
         table_standby_replicas=0,
         web_enabled=True,
         web_bind="127.0.0.1",

@@ -25,7 +25,6 @@ from tagger.streams.web import register_views, web_application_options
 
 __all__ = [
     "BATCH_FAILED_EXIT_CODE",
-    "CONSUMER_MAX_FETCH_BYTES",
     "PRODUCER_BUFFER_RECORDS",
     "PRODUCER_LINGER_MS",
     "TaggerApp",
@@ -43,14 +42,6 @@ _TICK_INTERVAL_S = 0.25
 # (changelogs, then tag changes), and each round waited the whole linger:
 # 5.9 ms at 5 ms of linger, 0.6 ms without. The batch already groups records.
 PRODUCER_LINGER_MS = 1
-# The most a fetch returns per partition (bytes); Faust's default is 1 MiB.
-# Table recovery reads changelogs in fetches of this size, waiting up to
-# Faust's fixed 1.5 s fetch wait between them on the embedded broker: 8 MiB
-# took the worker's recovery from 4,130 to 10,595 records/s. But with 8 MiB
-# the 8 input partitions asked for more than aiokafka's 50 MB fetch limit,
-# and two partitions of a 1,000,000-event backlog received nothing for 80 s.
-# 4 MiB keeps one fetch of all 8 below that limit.
-CONSUMER_MAX_FETCH_BYTES = 4 * 1024 * 1024
 # Records Faust's producer buffer holds before a stream waits for it to drain.
 # Faust's 100 is below the changelog records of one batch (up to one per
 # customer), so every batch stalled on it and logged "producer buffer full"
@@ -144,7 +135,6 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=PRODUCER_LINGER_MS,
-        consumer_max_fetch_size=CONSUMER_MAX_FETCH_BYTES,
         table_standby_replicas=settings.standby_replicas,
         web_enabled=True,
         web_bind=settings.web_host,
