@@ -192,11 +192,10 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         # Straight to the producer, past Faust's topic machinery (message
-        # futures, the 100-message send buffer and a sensor call per record):
-        # output records need none of it, and this path costs a fraction of
-        # it. The key picks the partition with the client's default
-        # partitioner, as Topic.send does; app.producer.flush waits for these
-        # records too.
+        # futures, the 100-message send buffer and a sensor call per record),
+        # none of which output records need. The key picks the partition with
+        # the client's default partitioner, as Topic.send does;
+        # app.producer.flush waits for these records too.
         return await app.producer.send(
             topic, key, value, partition=None, timestamp=None, headers=None
         )

@@ -98,7 +98,8 @@ class Settings:
     batch_timeout_s: float = 0.01
     # The hard cap on one customer's stored state (bytes). A state above it
     # is trimmed (see Processor._trim) and the trim is logged. The rulebook's
-    # own bounds keep states far below: 20 KB was the largest seen.
+    # own bounds keep states far below: a test that floods one customer with
+    # events over 3,000 categories reached 17.9 KB.
     max_state_bytes: int = 65_536
     broker_session_timeout_s: float = 30.0
     standby_replicas: int = 0

@@ -1,4 +1,4 @@
-"""The hard cap on a customer's stored state: trimmed, counted and logged, never exceeded."""
+"""The hard cap on a customer's stored state: a state over it is trimmed, counted and logged."""
 
 from __future__ import annotations
 
