@@ -122,6 +122,20 @@ async def _raw_loop(
     return {"events": consumed, "seconds": seconds, "customers": len(state)}
 
 
+def _prepare(bootstrap: str, data_dir: Path) -> None:
+    """Set up what every Faust comparison shares with the worker before its app is built.
+
+    The worker runs on uvloop where it is installed, and reads changelogs to
+    their true end on the embedded broker; so do its comparisons.
+    """
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    TaggerApp.probe_end_offsets = needs_probe(broker_cluster_id(bootstrap))
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+
 @main.command()
 @click.option("--mode", type=click.Choice(["bare", "reference"]), required=True)
 @click.option("--bootstrap", required=True, help="Kafka bootstrap servers, host:port.")
@@ -152,13 +166,7 @@ def faust(
     result: Path,
 ) -> None:
     """Run a bare or reference Faust agent with the worker's app settings until stopped."""
-    # The worker runs on uvloop where it is installed; so do its comparisons.
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    TaggerApp.probe_end_offsets = needs_probe(broker_cluster_id(bootstrap))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _prepare(bootstrap, data_dir)
     # The same app arguments as tagger.streams.app.build_app, minus the security options.
     app = TaggerApp(
         app_id,
@@ -292,13 +300,7 @@ def recovery(
     which only reads Faust's recovery state.
     """
     configure_logging("info")
-    # The worker runs on uvloop where it is installed; so does its comparison.
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    TaggerApp.probe_end_offsets = needs_probe(broker_cluster_id(bootstrap))
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _prepare(bootstrap, data_dir)
     app = TaggerApp(
         app_id,
         broker=[f"kafka://{server}" for server in bootstrap.split(",")],
