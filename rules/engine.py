@@ -346,7 +346,7 @@ class Engine:
         late_event: Event | None = None,
     ) -> list[TagChange]:
         """Fold one event into the aggregates and evaluate at `time` (or the state's clock)."""
-        # A state evaluated before holds the tags of its last evaluation, and
+        # A state evaluated before has the tags of its last evaluation, and
         # every due instant since then has fired, so only the rules that read
         # what this event feeds can decide differently. A new state (clock 0)
         # has never been evaluated.

@@ -264,7 +264,7 @@ def _metric_function(metric: Metric) -> Compiled:
 
 
 def _recent_total(entries: list[list[int]] | None, window: int, time: int) -> int:
-    """Sum the values of series entries in (time - window, time], as `_window_total` does."""
+    """Sum the values of series entries in (time - window, time]."""
     if not entries:
         return 0
     low = bisect.bisect_right(entries, time - window, key=_entry_time)
@@ -481,6 +481,8 @@ def _average(metric: Metric, context: Context) -> Fraction | None:
 
 
 def _window_total(metric: Metric, key: str, context: Context) -> int:
+    if metric.window is not None:
+        return _recent_total(context.scope.series.get(key), metric.window, context.time)
     bounds = _bounds(metric, context.time)
     if bounds is None:
         return context.scope.counts.get(key, 0)

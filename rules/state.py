@@ -30,7 +30,7 @@ READABLE_STATE_VERSIONS: Final = (1, 2, 3)
 # An encoded state longer than this is stored deflated, behind a marker byte
 # that no JSON text starts with. Deflating took about 20 µs a state on the
 # benchmark input, three times as long as the JSON encoding, so only states
-# above about 1 KB pay it; they shrink to about 550 bytes, because the
+# above about 1 KB pay it. They shrink to about 550 bytes, because the
 # outbox of tag changes, most of a busy customer's state, repeats its keys
 # and labels.
 COMPRESS_ABOVE_BYTES: Final = 960

@@ -43,7 +43,7 @@ _TICK_INTERVAL_S = 0.25
 # 5.9 ms at 5 ms of linger, 0.6 ms without. The batch already groups records.
 PRODUCER_LINGER_MS = 1
 # TODO: faust-streaming fixes the consumer's fetch wait at 1.5 s, and the
-# embedded broker holds every fetch that long, so events wait up to 1.5 s
+# embedded broker keeps every fetch waiting that long, so events wait up to 1.5 s
 # before the worker sees them there. A 10 ms wait lost input in one of two
 # kill -9 test runs, and fetches above Faust's 1 MiB stalled input
 # partitions, so both stay at Faust's values (docs/benchmarks.md).

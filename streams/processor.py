@@ -87,7 +87,7 @@ _MAX_FUTURE_MS = 24 * 3_600_000
 _MAX_PENDING_CONFIRMATIONS = 200_000
 # Decoded states of the customers written last are kept, so that a customer
 # seen again within a few batches is not decoded again. An entry is used
-# only while the table holds the very bytes it was encoded to. At about
+# only while the table contains the very bytes it was encoded to. At about
 # 5 KB a decoded state (estimate), this is some 20 MB.
 _DECODED_STATES = 4_096
 
