@@ -9,15 +9,19 @@ from typing import Any
 
 import structlog
 from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 import tagger.streams.stores  # noqa: F401 - makes rocksdb:// the key-partitioned store
 from tagger.rules.rulebook import Rulebook
+from tagger.streams.bulk_recovery import BulkTableManager
 from tagger.streams.config import Settings
+from tagger.streams.faults import drop_records
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
 from tagger.streams.input_guard import InputGuard
 from tagger.streams.metrics import TaggerMetrics
+from tagger.streams.partition_reader import read_range
 from tagger.streams.processor import InboundRecord, Processor
 from tagger.streams.rulebook_versions import BatchAbandoned, VersionGate
 from tagger.streams.security import faust_app_args
@@ -38,15 +42,20 @@ log = structlog.get_logger(__name__)
 # The live clock and lag gauges are refreshed this often (seconds); firing a
 # time-driven change lags its due time by at most this plus the live clock lag.
 _TICK_INTERVAL_S = 0.25
+# The fetch wait on the embedded Tansu broker (ms), which answers a fetch
+# only when the wait ends: 10 ms took an aiokafka consumer's p99 delivery
+# delay from 750 ms (Faust's 1,500 ms wait) to 11 ms at 500 records/s.
+_TANSU_FETCH_WAIT_MS = 10
+# How long the input guard may take to read records the consumer skipped
+# before the batch fails and the worker exits, to consume it again.
+_RANGE_READ_TIMEOUT_S = 30.0
 # Producer linger (ms). Each batch waits for two rounds of acknowledgements
 # (changelogs, then tag changes), and each round waited the whole linger:
 # 5.9 ms at 5 ms of linger, 0.6 ms without. The batch already groups records.
 PRODUCER_LINGER_MS = 1
-# TODO: faust-streaming fixes the consumer's fetch wait at 1.5 s, and the
-# embedded broker keeps every fetch waiting that long, so events wait up to 1.5 s
-# before the worker sees them there. A 10 ms wait lost input in one of two
-# kill -9 test runs, and fetches above Faust's 1 MiB stalled input
-# partitions, so both stay at Faust's values (docs/benchmarks.md).
+# The fetch size stays at Faust's 1 MiB per partition: larger fetches left
+# input partitions without records for 10-80 s under large backlogs
+# (docs/benchmarks.md).
 # Records Faust's producer buffer holds before a stream waits for it to drain.
 # Faust's 100 is below the changelog records of one batch (up to one per
 # customer), so every batch stalled on it and logged "producer buffer full"
@@ -120,6 +129,7 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
     rulebook: Rulebook,
     *,
     probe_end_offsets: bool = False,
+    tansu: bool = False,
     mirror: Any = None,
     gate: VersionGate | None = None,
 ) -> TaggerRuntime:
@@ -127,10 +137,15 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
     registry = CollectorRegistry()
     metrics = TaggerMetrics.create(registry)
     TaggerApp.probe_end_offsets = probe_end_offsets
+    TaggerApp.fetch_max_wait_ms = settings.fetch_max_wait_ms or (
+        _TANSU_FETCH_WAIT_MS if tansu else None
+    )
+    TaggerApp.recovery_bulk_s = settings.recovery_bulk_s
     app = TaggerApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         store=settings.extra.get("store", "memory://"),
+        TableManager=BulkTableManager,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
         topic_disable_leader=True,
@@ -249,10 +264,10 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
                 )
                 for event in events
             ]
-            records = await guard.admit(records)
-            if not records:
-                continue
             try:
+                records = await guard.admit(drop_records(records))
+                if not records:
+                    continue
                 await processor.handle_batch(records)
             except BatchAbandoned:
                 # Stopping while the rulebook version is not active: the batch
@@ -307,7 +322,6 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
             metrics.mirror_pending.set(mirror.pending_count)
         if gate is not None:
             metrics.rulebook_active.set(1 if gate.is_open else 0)
-        await guard.retry()
         await guard.check_stalled(_stalled_candidates(runtime), runtime.committed_offset)
         await processor.tick(runtime.caught_up)
 
@@ -325,10 +339,19 @@ def _input_guard(runtime: TaggerRuntime) -> InputGuard:
         # read offset, so the records read again are delivered.
         await app.consumer.seek_wait({tp: offset})
 
+    conf = app.conf
+    bootstrap = [f"{url.host}:{url.port}" for url in conf.broker_consumer]
+    auth = credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)
+
+    async def read(tp: TP, start: int, end: int) -> list[InboundRecord]:
+        return await read_range(bootstrap, tp, start, end, timeout_s=_RANGE_READ_TIMEOUT_S, **auth)
+
     guard = InputGuard(
         {tp.topic for tp in runtime.input_partitions(0)},
         seek,
+        read,
         on_gap=runtime.metrics.errors.labels("input_gap").inc,
+        committed=runtime.committed_offset,
     )
     # Commits never pass the first record not processed, whatever Faust acknowledged.
     app.commit_fence = guard.commit_limit

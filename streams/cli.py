@@ -215,10 +215,12 @@ def worker(**options: Any) -> None:
     TAGGER_COMMIT_INTERVAL_S=1.0        how often consumed offsets are committed, seconds
     TAGGER_MIRROR_TIMEOUT_S=1.0         Redis socket timeout of the mirror, seconds
     TAGGER_BROKER_END_OFFSET_FIX=auto   read changelogs to their true end: auto|on|off
+    TAGGER_FETCH_MAX_WAIT_MS=0          longest fetch wait, ms; 0 = 10 on Tansu, else Faust's 1500
     TAGGER_WALL_CLOCK_OFFSET_MS=0       shift the wall clock (tests only)
     TAGGER_SHUTDOWN_TIMEOUT_S=25        exit with code 3 when a stop takes longer, seconds
     TAGGER_RECOVERY_LOG_INTERVAL_S=10   table recovery progress log interval, seconds
     TAGGER_RECOVERY_STALL_S=30          warn when recovery makes no progress this long, seconds
+    TAGGER_RECOVERY_BULK_S=60           read changelogs in bulk at most this long, 0 = off, seconds
 
     Security (see docs/security.md); a secret also reads from <VAR>_FILE:
 

@@ -101,6 +101,12 @@ class Settings:
     # own bounds keep states far below: a test that floods one customer with
     # events over 3,000 categories reached 17.9 KB.
     max_state_bytes: int = 65_536
+    # The longest a fetch waits for new records (ms). 0 picks 10 ms on the
+    # embedded Tansu broker, which answers a fetch only when this wait ends
+    # even when records arrived before, and Faust's 1,500 ms elsewhere:
+    # Kafka answers as soon as a record arrives, so there the wait only
+    # spaces out the fetches of an idle consumer.
+    fetch_max_wait_ms: int = 0
     broker_session_timeout_s: float = 30.0
     standby_replicas: int = 0
     # How often consumed offsets are committed (seconds); after a crash the
@@ -130,6 +136,10 @@ class Settings:
     # `recovery_stall_s` while records remain.
     recovery_log_interval_s: float = 10.0
     recovery_stall_s: float = 30.0
+    # Table recovery first reads the changelogs with a plain consumer for at
+    # most this long (seconds), then Faust reads the rest (see
+    # streams/bulk_recovery.py); 0 leaves it all to Faust.
+    recovery_bulk_s: float = 60.0
     # After SIGTERM or SIGINT, a worker that has not stopped within this many
     # seconds logs what is still pending and exits with code 3, committing
     # nothing more. Below the 30 s that Docker Compose (stop_grace_period here)
@@ -194,12 +204,22 @@ class Settings:
                 f"invalid state cap {self.max_state_bytes} bytes: set "
                 f"{_env_name('max_state_bytes')} to {_MIN_STATE_CAP} or more"
             )
+        if self.fetch_max_wait_ms < 0:
+            raise ConfigError(
+                f"invalid fetch wait {self.fetch_max_wait_ms} ms: set "
+                f"{_env_name('fetch_max_wait_ms')} to 0 (automatic) or more"
+            )
         for name in ("recovery_log_interval_s", "recovery_stall_s", "shutdown_timeout_s"):
             value = getattr(self, name)
             if not value > 0:
                 raise ConfigError(
                     f"invalid value {value} for {_env_name(name)}: must be more than 0 seconds"
                 )
+        if not self.recovery_bulk_s >= 0:
+            raise ConfigError(
+                f"invalid value {self.recovery_bulk_s} for {_env_name('recovery_bulk_s')}: "
+                "must be 0 seconds or more"
+            )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"invalid Redis URL {self.redacted()['redis_url']!r}: set REDIS_URL to "

@@ -11,32 +11,50 @@ Points, in the order a batch reaches them (see processor.py):
   the input offsets are not committed.
 - `batch_raises`: the batch raises an error after its states are written, as
   a bug or a producer failure would; the worker exits without committing.
+
+One more point does not stop the worker: `records_dropped:N` removes
+records from the middle of the N-th batch before the input guard gets it,
+as faust-streaming does when it loses records it fetched. The guard must
+read them again from the broker.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import structlog
 
 from tagger.errors import ConfigError
 
-__all__ = ["FAULT_ENV", "POINTS", "armed_fault", "fault_point", "parse_fault"]
+__all__ = [
+    "DROP_POINT",
+    "FAULT_ENV",
+    "POINTS",
+    "armed_fault",
+    "drop_records",
+    "fault_point",
+    "parse_fault",
+]
 
 log = structlog.get_logger(__name__)
 
 FAULT_ENV = "TAGGER_FAULT"
 POINTS = ("states_written", "changelog_flushed", "changes_published", "batch_raises")
+DROP_POINT = "records_dropped"
+# Records a batch needs in its first topic-partition to lose some from the
+# middle. A smaller batch is not counted.
+_MIN_RECORDS_TO_DROP = 3
 
 
 def parse_fault(text: str) -> tuple[str, int]:
     """Parse `POINT:N`; raise ConfigError naming the valid points."""
     point, _, count = text.partition(":")
-    if point not in POINTS or not count.isdigit() or int(count) < 1:
+    if point not in (*POINTS, DROP_POINT) or not count.isdigit() or int(count) < 1:
         raise ConfigError(
             f"{FAULT_ENV}={text!r}: expected POINT:N with N >= 1 and POINT one of "
-            + ", ".join(POINTS)
+            + ", ".join((*POINTS, DROP_POINT))
         )
     return point, int(count)
 
@@ -69,3 +87,30 @@ def fault_point(point: str) -> None:
         raise RuntimeError(f"{FAULT_ENV} armed {point}")
     log.warning("fault point reached, killing the worker", point=point, env=FAULT_ENV)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def drop_records(records: list[Any]) -> list[Any]:
+    """At the N-th batch when `records_dropped` is armed, return it without some middle records.
+
+    The records dropped are the second up to the middle one of the batch's
+    first topic-partition, so a later record of the same batch shows the gap.
+    """
+    if _armed.point != DROP_POINT or _armed.remaining <= 0 or not records:
+        return records
+    first = (records[0].topic, records[0].partition)
+    positions = [i for i, r in enumerate(records) if (r.topic, r.partition) == first]
+    if len(positions) < _MIN_RECORDS_TO_DROP:
+        return records
+    _armed.remaining -= 1
+    if _armed.remaining > 0:
+        return records
+    dropped = set(positions[1 : 1 + len(positions) // 2])
+    log.warning(
+        "fault point reached, dropping records",
+        point=DROP_POINT,
+        env=FAULT_ENV,
+        topic=first[0],
+        partition=first[1],
+        offsets=[records[i].offset for i in sorted(dropped)],
+    )
+    return [record for i, record in enumerate(records) if i not in dropped]

@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 import structlog
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as FaustAiokafkaConsumer
 from faust.types import TP
 
@@ -78,12 +79,37 @@ class _FencedCommits:
         return allowed
 
 
-class FencedConsumer(_FencedCommits, FaustAiokafkaConsumer):
-    """Faust's aiokafka consumer with the commit fence."""
+class _FetchWaitThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the app's longest fetch wait in place of Faust's 1.5 s."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms: int | None = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            # faust-streaming 0.15 passes a fixed fetch_max_wait_ms=1500.
+            # aiokafka reads this attribute when the consumer starts, to
+            # build its fetcher, which has not happened yet.
+            consumer._fetch_max_wait_ms = wait_ms
+        return consumer
 
 
-class FencedProbingConsumer(_FencedCommits, EndOffsetProbingConsumer):
-    """The end-offset probing consumer with the commit fence."""
+class _FetchWait:
+    """Consumer mixin: run the consumer thread that applies the app's fetch wait."""
+
+    loop: Any
+    beacon: Any
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        consumer: Any = self
+        return _FetchWaitThread(consumer, loop=self.loop, beacon=self.beacon)
+
+
+class FencedConsumer(_FencedCommits, _FetchWait, FaustAiokafkaConsumer):
+    """Faust's aiokafka consumer with the commit fence and the app's fetch wait."""
+
+
+class FencedProbingConsumer(_FencedCommits, _FetchWait, EndOffsetProbingConsumer):
+    """The end-offset probing consumer with the commit fence and the app's fetch wait."""
 
 
 class TaggerApp(faust.App):
@@ -91,7 +117,11 @@ class TaggerApp(faust.App):
     keeps commits behind `commit_fence`."""
 
     probe_end_offsets = False
+    # Seconds the table recovery may read changelogs in bulk (streams/bulk_recovery.py).
+    recovery_bulk_s = 0.0
     commit_fence: CommitFence | None = None
+    # The longest a fetch may wait for records (ms); None keeps Faust's 1.5 s.
+    fetch_max_wait_ms: int | None = None
 
     def _new_transport(self) -> Any:
         transport = super()._new_transport()

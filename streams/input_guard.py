@@ -9,20 +9,26 @@ offset 67 to 1091 of each partition. Those events would never be applied,
 and the position recorded in each customer's state would then make their
 later redelivery look like a duplicate.
 
-`InputGuard` sits between Faust and the processor. A batch whose records of
-a topic-partition start after the next offset the processor expects loses
-those records, the consumer is sought back to the expected offset, and
-records are dropped until it arrives. When the records after the seek start
-at the same offset again, the missing offsets do not exist (compaction or
-transaction markers), and the guard accepts the gap. `commit_limit` keeps
-Faust's commits at the first record not processed, whatever Faust acknowledged.
+`InputGuard` sits between Faust and the processor. When a batch's records
+of a topic-partition start after the next offset the processor expects (or,
+first after an assignment, after the committed offset), the
+guard reads the missing range straight from the broker (`read`) and puts
+those records first, in offset order. Offsets the broker does not have
+(compaction, transaction markers, retention) are logged as an accepted gap.
+`commit_limit` keeps Faust's commits at the first record not processed,
+whatever Faust acknowledged.
+
+An earlier version sought Faust's consumer back instead. Records Faust had
+fetched before the seek then moved its read position on again, so the
+records read again were dropped as already delivered, and the guard took
+stale records for the result of its seek and accepted a gap that was not
+one: that input was lost.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import structlog
 from faust.types import TP
@@ -33,42 +39,40 @@ __all__ = ["InputGuard"]
 
 log = structlog.get_logger(__name__)
 
-# A seek whose records have not arrived after this long is sent again.
-_SEEK_RETRY_S = 2.0
 # A partition behind its input that receives no record for this long is
 # sought again; a batch takes well under a second.
 _STALLED_INPUT_S = 10.0
 
 Key = tuple[str, int]
-
-
-@dataclass(slots=True)
-class _Seek:
-    expected: int
-    first_seen: int
-    sent_at: float
+# Return the records of a topic-partition from `start` up to, not including, `end`.
+RangeReader = Callable[[TP, int, int], Awaitable[list[InboundRecord]]]
 
 
 class InputGuard:
-    """Tracks the next offset to process per input topic-partition and repairs gaps."""
+    """Tracks the next offset to process per input topic-partition and fills gaps."""
 
     def __init__(
         self,
         topics: Iterable[str],
         seek: Callable[[TP, int], Awaitable[None]],
+        read: RangeReader,
         on_gap: Callable[[], None] | None = None,
+        committed: Callable[[TP], int | None] | None = None,
     ) -> None:
         self.topics = frozenset(topics)
         self.expected: dict[Key, int] = {}
         self._seek = seek
+        self._read = read
         self._on_gap = on_gap
-        self._seeking: dict[Key, _Seek] = {}
+        # The group's committed offset of a topic-partition, where the
+        # consumer starts after an assignment, or None when there is none.
+        self._committed = committed
         # Monotonic time a record of each topic-partition last arrived, or
         # since it was first seen behind its input with none arriving.
         self._last_arrival: dict[Key, float] = {}
 
     async def admit(self, records: Sequence[InboundRecord]) -> list[InboundRecord]:
-        """Return the records to process now; seek back where the batch skipped records."""
+        """Return the records to process now, with the records the consumer skipped read in."""
         running = dict(self.expected)
         admitted: list[InboundRecord] = []
         now = time.monotonic()
@@ -76,49 +80,14 @@ class InputGuard:
             key = (record.topic, record.partition)
             self._last_arrival[key] = now
             expected = running.get(key)
-            if expected is None or record.offset <= expected:
-                self._seeking.pop(key, None)
-                running[key] = max(expected or 0, record.offset + 1)
-                admitted.append(record)
-                continue
-            pending = self._seeking.get(key)
-            if pending is not None and pending.expected == expected:
-                if record.offset == pending.first_seen:
-                    # The seek found nothing before this offset: a real gap.
-                    log.info(
-                        "input offsets missing on the broker, gap accepted",
-                        topic=record.topic,
-                        partition=record.partition,
-                        missing_from=expected,
-                        missing_to=record.offset - 1,
-                    )
-                    del self._seeking[key]
-                    running[key] = record.offset + 1
-                    admitted.append(record)
-                    continue
-                if time.monotonic() - pending.sent_at < _SEEK_RETRY_S:
-                    continue
-            await self._seek_back(record, expected)
+            if expected is None and self._committed is not None:
+                # The first record after an assignment starts at the committed offset.
+                expected = self._committed(TP(record.topic, record.partition))
+            if expected is not None and record.offset > expected:
+                admitted.extend(await self._read_skipped(record, expected))
+            running[key] = max(expected or 0, record.offset + 1)
+            admitted.append(record)
         return admitted
-
-    async def retry(self) -> None:
-        """Seek again where the records of an earlier seek have not arrived in time.
-
-        Records the consumer fetched before a seek can still arrive after it,
-        and Faust then drops the records read again as already delivered.
-        """
-        now = time.monotonic()
-        for (topic, partition), pending in list(self._seeking.items()):
-            if now - pending.sent_at < _SEEK_RETRY_S:
-                continue
-            log.warning(
-                "input records still missing, seeking again",
-                topic=topic,
-                partition=partition,
-                expected_offset=pending.expected,
-            )
-            pending.sent_at = now
-            await self._seek(TP(topic, partition), pending.expected)
 
     async def check_stalled(
         self, behind: Iterable[TP], committed: Callable[[TP], int | None]
@@ -137,7 +106,7 @@ class InputGuard:
             key = (tp.topic, tp.partition)
             behind_keys.add(key)
             since = self._last_arrival.setdefault(key, now)
-            if now - since < _STALLED_INPUT_S or key in self._seeking:
+            if now - since < _STALLED_INPUT_S:
                 continue
             offset = self.expected.get(key)
             if offset is None:
@@ -169,8 +138,6 @@ class InputGuard:
         revoked = set(partitions)
         for key in [key for key in self.expected if key[1] in revoked]:
             del self.expected[key]
-        for key in [key for key in self._seeking if key[1] in revoked]:
-            del self._seeking[key]
 
     def commit_limit(self, tp: TP) -> int | None:
         """Return the highest offset of `tp` Faust may commit, or None for no limit.
@@ -182,8 +149,8 @@ class InputGuard:
             return None
         return self.expected.get((tp.topic, tp.partition), -1)
 
-    async def _seek_back(self, record: InboundRecord, expected: int) -> None:
-        key = (record.topic, record.partition)
+    async def _read_skipped(self, record: InboundRecord, expected: int) -> list[InboundRecord]:
+        """Read the records of `record`'s partition from `expected` up to `record`."""
         log.warning(
             "input records skipped by the consumer, reading them again",
             topic=record.topic,
@@ -193,9 +160,16 @@ class InputGuard:
         )
         if self._on_gap is not None:
             self._on_gap()
-        pending = self._seeking.get(key)
-        first_seen = record.offset
-        if pending is not None and pending.expected == expected:
-            first_seen = min(first_seen, pending.first_seen)
-        self._seeking[key] = _Seek(expected, first_seen, time.monotonic())
-        await self._seek(TP(record.topic, record.partition), expected)
+        skipped = await self._read(TP(record.topic, record.partition), expected, record.offset)
+        missing = record.offset - expected - len(skipped)
+        if missing:
+            log.info(
+                "input offsets missing on the broker, gap accepted",
+                topic=record.topic,
+                partition=record.partition,
+                missing=missing,
+                first_read=skipped[0].offset if skipped else None,
+                range_start=expected,
+                range_end=record.offset - 1,
+            )
+        return skipped

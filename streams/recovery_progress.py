@@ -42,6 +42,8 @@ class ChangelogPosition:
     `offset` is the offset of the last record applied, or -1 before the
     first one. `end` is the offset of the partition's last record, or -1 for
     an empty partition. Either is None until Faust has read it from the broker.
+    `start` is the offset this recovery started after, where the recovery
+    service records it; otherwise the first offset sampled counts as the start.
     """
 
     table: str
@@ -49,6 +51,7 @@ class ChangelogPosition:
     partition: int
     offset: int | None
     end: int | None
+    start: int | None = None
 
     @property
     def remaining(self) -> int | None:
@@ -112,16 +115,14 @@ class RecoveryTracker:
             if state is None:
                 return []
             self._round = None
+            _note_starts(state, current)
             return [self._finished(now, state, current)]
 
         reports: list[Report] = []
         if state is None:
             state = self._round = _Round(started_at=now, last_change_at=now, last_log_at=now)
             reports.append(self._started(current))
-        for position in current:
-            key = (position.topic, position.partition)
-            if key not in state.start_offsets and position.offset is not None:
-                state.start_offsets[key] = position.offset
+        _note_starts(state, current)
 
         snapshot = tuple((p.topic, p.partition, p.offset, p.end) for p in current)
         if snapshot != state.snapshot:
@@ -256,6 +257,16 @@ class RecoveryTracker:
         return max(0, position.end - start)
 
 
+def _note_starts(state: _Round, positions: Iterable[ChangelogPosition]) -> None:
+    """Record each partition's start offset the first time it is known."""
+    for position in positions:
+        key = (position.topic, position.partition)
+        if key not in state.start_offsets:
+            start = position.start if position.start is not None else position.offset
+            if start is not None:
+                state.start_offsets[key] = start
+
+
 def _sum_known(values: Iterable[int | None]) -> int | None:
     total = 0
     for value in values:
@@ -275,7 +286,9 @@ def read_positions(recovery: Any, kind: Kind) -> list[ChangelogPosition]:
     Reads `active_tps`/`standby_tps`, `tp_to_table` and the offset and
     highwater counters of `faust.tables.recovery.Recovery` (faust-streaming
     0.15). Those counters hold the last offset read and the last offset in
-    the topic, -1 when there is none.
+    the topic, -1 when there is none. The active kind also reads the start
+    offsets that `BulkRecovery` records: its bulk read can move the offsets
+    on between two samples.
     """
     if kind == "active":
         tps, offsets, ends = (
@@ -283,12 +296,14 @@ def read_positions(recovery: Any, kind: Kind) -> list[ChangelogPosition]:
             recovery.active_offsets,
             recovery.active_highwaters,
         )
+        starts = getattr(recovery, "start_offsets", {})
     else:
         tps, offsets, ends = (
             recovery.standby_tps,
             recovery.standby_offsets,
             recovery.standby_highwaters,
         )
+        starts = {}
     positions = []
     for tp in list(tps):
         table = recovery.tp_to_table.get(tp)
@@ -299,6 +314,7 @@ def read_positions(recovery: Any, kind: Kind) -> list[ChangelogPosition]:
                 partition=tp.partition,
                 offset=_offset(offsets.get(tp)),
                 end=_offset(ends.get(tp)),
+                start=_offset(starts.get(tp)),
             )
         )
     return positions

@@ -58,7 +58,8 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
 
     cluster_id = broker_cluster_id(settings.kafka_bootstrap_servers, **kafka_python_args(settings))
     fix = settings.broker_end_offset_fix
-    probe = fix == "on" or (fix == "auto" and needs_probe(cluster_id))
+    tansu = needs_probe(cluster_id)
+    probe = fix == "on" or (fix == "auto" and tansu)
     if probe:
         log.info("end offsets will be read to the true end", cluster_id=cluster_id, setting=fix)
 
@@ -73,7 +74,9 @@ def build_runtime(settings: Settings, given_rulebook: Rulebook | None = None) ->
 
     mirror = MirrorWriter(settings, on_confirmed=on_confirmed, on_outcome=on_outcome)
     gate = VersionGate(settings, rulebook, rulebook_text(settings.rulebook_path))
-    runtime = build_app(settings, rulebook, probe_end_offsets=probe, mirror=mirror, gate=gate)
+    runtime = build_app(
+        settings, rulebook, probe_end_offsets=probe, tansu=tansu, mirror=mirror, gate=gate
+    )
     gate.on_activated = runtime.processor.reevaluate_all
     late["runtime"] = runtime
     app = runtime.app

@@ -26,17 +26,17 @@ import pytest
 from tagger.streams.app import BATCH_FAILED_EXIT_CODE
 from tagger.streams.config import Settings
 from tagger.streams.faults import FAULT_ENV, POINTS
-from tagger.streams.replay import replay_file
-from tagger.streams.topics import create_topics
-from tagger.streams.worker_process import WorkerProcess, caught_up_to
-from tests.e2e.conftest import CATCH_UP_TIMEOUT_S
+from tagger.streams.worker_process import WorkerProcess
 from tests.e2e.test_real_data import _rulebook_in
-from tests.e2e.uninterrupted import assert_same_as_uninterrupted
+from tests.e2e.uninterrupted import (
+    assert_same_as_uninterrupted,
+    replay_backlog,
+    wait_caught_up,
+)
 
 _SOAK = os.environ.get("TAGGER_SOAK") == "1"
 _KILLS = 10 if _SOAK else 3
 _SEED = int(os.environ.get("TAGGER_CRASH_SEED", "20261205"))
-_HOUR_MS = 3_600_000
 # A worker armed with a crash point dies within seconds once it consumes;
 # this bound is about three times the slowest start-to-crash seen here.
 _CRASH_TIMEOUT_S = 60.0
@@ -65,16 +65,7 @@ def test_kill_9_anywhere_changes_nothing(
     settings = replay_settings.with_changes(
         rulebook_path=_rulebook_in("USD", tmp_path), batch_size=400
     )
-    create_topics(settings)
-    report = replay_file(
-        path,
-        settings,
-        currency="USD",
-        end_clock="auto",
-        end_clock_span_ms=_HOUR_MS,
-        progress=False,
-    )
-    assert report.end_clock is not None
+    end_clock = replay_backlog(settings, path)
 
     plan = _plan(random.Random(_SEED))
     for kind, where in plan:
@@ -90,12 +81,6 @@ def test_kill_9_anywhere_changes_nothing(
             worker.kill()
 
     final = start_worker(settings)
-    final.wait_for(
-        lambda status: caught_up_to(
-            status, end_clock=report.end_clock, partitions=settings.partitions
-        ),
-        timeout_s=CATCH_UP_TIMEOUT_S,
-        what="caught up to the end clock",
-    )
+    wait_caught_up(final, settings, end_clock)
 
-    assert_same_as_uninterrupted(settings, path, report.end_clock, plan, tmp_path)
+    assert_same_as_uninterrupted(settings, path, end_clock, plan, tmp_path)

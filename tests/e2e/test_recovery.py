@@ -182,8 +182,13 @@ def _check_recovery_counts(worker: WorkerProcess, changelog_records: int) -> Non
     rounds = _log_lines(worker, "recovery started")
     ended = finished + _log_lines(worker, "recovery ended before every record was restored")
     restored = sum(int(_field(line, "restored")) for line in ended)
+    # The tables are read by the bulk reader (streams/bulk_recovery.py), not
+    # record by record through Faust's consumer.
+    bulk = _log_lines(worker, "changelog bulk read finished")
+    assert bulk, worker.log_tail()
     if len(rounds) == 1:
         assert restored == changelog_records
+        assert int(_field(bulk[0], "applied")) == changelog_records
     else:
         # A rebalance after the pause started another recovery, which may
         # read again what the first one read.

@@ -25,6 +25,9 @@ from tagger.streams.customers_changelog import ChangelogReader
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.processor import InboundRecord, Processor
 from tagger.streams.replay import ReplayReport, replay_file
+from tagger.streams.topics import create_topics
+from tagger.streams.worker_process import WorkerProcess, caught_up_to
+from tests.e2e.conftest import CATCH_UP_TIMEOUT_S
 from tests.e2e.helpers import (
     assert_changes_in_sequence,
     fold_changes,
@@ -35,6 +38,33 @@ from tests.e2e.helpers import (
 from tests.reference import reference_rees46
 
 _HOUR_MS = 3_600_000
+
+
+def replay_backlog(settings: Settings, path: Path) -> int:
+    """Create the topics, replay the REES46 file at `path` in USD before any worker runs.
+
+    Returns the end clock of the replay.
+    """
+    create_topics(settings)
+    report = replay_file(
+        path,
+        settings,
+        currency="USD",
+        end_clock="auto",
+        end_clock_span_ms=_HOUR_MS,
+        progress=False,
+    )
+    assert report.end_clock is not None
+    return report.end_clock
+
+
+def wait_caught_up(worker: WorkerProcess, settings: Settings, end_clock: int) -> None:
+    """Wait until `worker` has consumed every partition up to `end_clock`."""
+    worker.wait_for(
+        lambda status: caught_up_to(status, end_clock=end_clock, partitions=settings.partitions),
+        timeout_s=CATCH_UP_TIMEOUT_S,
+        what="caught up to the end clock",
+    )
 
 
 def input_records(settings: Settings) -> list[InboundRecord]:

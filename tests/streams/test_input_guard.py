@@ -1,4 +1,4 @@
-"""InputGuard: records the consumer skipped are read again, real gaps are accepted."""
+"""InputGuard: records the consumer skipped are read in from the broker, real gaps are accepted."""
 
 from __future__ import annotations
 
@@ -25,9 +25,23 @@ class _Seeks:
         self.calls.append((tp, offset))
 
 
+class _Broker:
+    """The range reader over a partition log that has every offset but `absent`."""
+
+    def __init__(self, absent: set[int] | None = None) -> None:
+        self.absent = absent or set()
+        self.calls: list[tuple[TP, int, int]] = []
+
+    async def __call__(self, tp: TP, start: int, end: int) -> list[InboundRecord]:
+        self.calls.append((tp, start, end))
+        offsets = [offset for offset in range(start, end) if offset not in self.absent]
+        return _records(tp.partition, offsets)
+
+
 async def test_contiguous_batches_pass() -> None:
     seeks = _Seeks()
-    guard = InputGuard([_TOPIC], seeks)
+    broker = _Broker()
+    guard = InputGuard([_TOPIC], seeks, broker)
 
     first = await guard.admit(_records(0, range(20, 30)))
     guard.processed(first)
@@ -36,40 +50,64 @@ async def test_contiguous_batches_pass() -> None:
     assert len(first) == 10
     assert len(second) == 10
     assert seeks.calls == []
+    assert broker.calls == []
 
 
-async def test_skipped_records_sought_back() -> None:
+async def test_skipped_records_read_in() -> None:
     seeks = _Seeks()
+    broker = _Broker()
     gaps: list[int] = []
-    guard = InputGuard([_TOPIC], seeks, on_gap=lambda: gaps.append(1))
+    guard = InputGuard([_TOPIC], seeks, broker, on_gap=lambda: gaps.append(1))
     guard.processed(await guard.admit(_records(1, range(20, 67))))
 
     jumped = await guard.admit(_records(1, range(1091, 1100)) + _records(2, [5]))
-    stale = await guard.admit(_records(1, range(1100, 1110)))
-    again = await guard.admit(_records(1, range(67, 80)))
+    guard.processed(jumped)
+    following = await guard.admit(_records(1, range(1100, 1110)))
 
-    assert [r.partition for r in jumped] == [2]
-    assert stale == []
-    assert [r.offset for r in again] == list(range(67, 80))
-    assert seeks.calls == [(TP(_TOPIC, 1), 67)]
+    # The skipped records come first, in offset order, then the batch's own.
+    assert [r.offset for r in jumped if r.partition == 1] == list(range(67, 1100))
+    assert [r.partition for r in jumped][-1] == 2
+    assert [r.offset for r in following] == list(range(1100, 1110))
+    assert broker.calls == [(TP(_TOPIC, 1), 67, 1091)]
+    assert seeks.calls == []
     assert gaps == [1]
 
 
-async def test_missing_offsets_accepted_after_seek() -> None:
-    seeks = _Seeks()
-    guard = InputGuard([_TOPIC], seeks)
+async def test_offsets_absent_on_broker_accepted() -> None:
+    broker = _Broker(absent={11, 12, 13, 14})
+    guard = InputGuard([_TOPIC], _Seeks(), broker)
     guard.processed(await guard.admit(_records(0, [10])))
 
-    assert await guard.admit(_records(0, [15, 16])) == []
-    # Read again from 11, the first record is still 15: 11 to 14 do not exist.
-    accepted = await guard.admit(_records(0, [15, 16]))
+    admitted = await guard.admit(_records(0, [15, 16]))
 
-    assert [r.offset for r in accepted] == [15, 16]
-    assert seeks.calls == [(TP(_TOPIC, 0), 11)]
+    assert [r.offset for r in admitted] == [15, 16]
+    assert broker.calls == [(TP(_TOPIC, 0), 11, 15)]
+
+
+async def test_first_record_checked_against_committed() -> None:
+    broker = _Broker()
+    committed = {TP(_TOPIC, 0): 40, TP(_TOPIC, 1): 8}
+    guard = InputGuard([_TOPIC], _Seeks(), broker, committed=committed.get)
+
+    admitted = await guard.admit(_records(0, [45, 46]) + _records(1, [8, 9]) + _records(2, [3]))
+
+    assert [(r.partition, r.offset) for r in admitted] == [
+        (0, 40),
+        (0, 41),
+        (0, 42),
+        (0, 43),
+        (0, 44),
+        (0, 45),
+        (0, 46),
+        (1, 8),
+        (1, 9),
+        (2, 3),
+    ]
+    assert broker.calls == [(TP(_TOPIC, 0), 40, 45)]
 
 
 async def test_redelivered_records_pass() -> None:
-    guard = InputGuard([_TOPIC], _Seeks())
+    guard = InputGuard([_TOPIC], _Seeks(), _Broker())
     guard.processed(await guard.admit(_records(0, range(0, 50))))
 
     redelivered = await guard.admit(_records(0, range(20, 60)))
@@ -78,7 +116,7 @@ async def test_redelivered_records_pass() -> None:
 
 
 async def test_commit_limit_follows_processed() -> None:
-    guard = InputGuard([_TOPIC], _Seeks())
+    guard = InputGuard([_TOPIC], _Seeks(), _Broker())
 
     before = guard.commit_limit(TP(_TOPIC, 0))
     guard.processed(await guard.admit(_records(0, range(0, 5))))
@@ -91,23 +129,9 @@ async def test_commit_limit_follows_processed() -> None:
     assert guard.commit_limit(TP("customers-changelog", 0)) is None
 
 
-async def test_seek_retried_when_records_never_come(monkeypatch: pytest.MonkeyPatch) -> None:
-    seeks = _Seeks()
-    guard = InputGuard([_TOPIC], seeks)
-    guard.processed(await guard.admit(_records(0, [10])))
-    await guard.admit(_records(0, [40]))
-    await guard.retry()
-    now = time.monotonic()
-    monkeypatch.setattr(time, "monotonic", lambda: now + 3.0)
-
-    await guard.retry()
-
-    assert seeks.calls == [(TP(_TOPIC, 0), 11), (TP(_TOPIC, 0), 11)]
-
-
 async def test_stalled_partition_sought_to_committed(monkeypatch: pytest.MonkeyPatch) -> None:
     seeks = _Seeks()
-    guard = InputGuard([_TOPIC], seeks)
+    guard = InputGuard([_TOPIC], seeks, _Broker())
     behind = [TP(_TOPIC, 0), TP(_TOPIC, 1)]
     guard.processed(await guard.admit(_records(1, [7])))
     now = time.monotonic()
@@ -123,7 +147,7 @@ async def test_stalled_partition_sought_to_committed(monkeypatch: pytest.MonkeyP
 
 async def test_caught_up_partition_never_sought(monkeypatch: pytest.MonkeyPatch) -> None:
     seeks = _Seeks()
-    guard = InputGuard([_TOPIC], seeks)
+    guard = InputGuard([_TOPIC], seeks, _Broker())
     now = time.monotonic()
 
     await guard.check_stalled([], lambda tp: None)

@@ -1,0 +1,49 @@
+"""Records lost between Faust's consumer and the processor are read again from the broker.
+
+The worker replays the REES46 sample with `TAGGER_FAULT=records_dropped:N`:
+the N-th batch loses records from its middle before the input guard gets
+it, as when faust-streaming clears records it already fetched. The guard
+must notice the gap, read the missing records straight from the broker, and
+the outputs must equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tagger.streams.config import Settings
+from tagger.streams.faults import DROP_POINT, FAULT_ENV
+from tagger.streams.worker_process import WorkerProcess
+from tests.e2e.test_real_data import _rulebook_in
+from tests.e2e.uninterrupted import (
+    assert_same_as_uninterrupted,
+    replay_backlog,
+    wait_caught_up,
+)
+
+
+@pytest.mark.data
+def test_dropped_records_read_again(
+    replay_settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    sample_data: Path,
+    tmp_path: Path,
+) -> None:
+    path = sample_data / "rees46_multicat_2019-10_head.csv"
+    settings = replay_settings.with_changes(
+        rulebook_path=_rulebook_in("USD", tmp_path), batch_size=400
+    )
+    end_clock = replay_backlog(settings, path)
+
+    fault = f"{DROP_POINT}:3"
+    worker = start_worker(settings, extra_env={FAULT_ENV: fault})
+    wait_caught_up(worker, settings, end_clock)
+
+    log = worker.log_path.read_text()
+    assert "fault point reached, dropping records" in log
+    assert "input records skipped by the consumer, reading them again" in log
+    assert "gap accepted" not in log
+    assert_same_as_uninterrupted(settings, path, end_clock, fault, tmp_path)
