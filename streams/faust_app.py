@@ -79,7 +79,7 @@ class _FencedCommits:
         return allowed
 
 
-class _FetchWaitThread(AIOKafkaConsumerThread):
+class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
     """Faust's consumer thread, with the app's longest fetch wait in place of Faust's 1.5 s."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
@@ -101,7 +101,7 @@ class _FetchWait:
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         consumer: Any = self
-        return _FetchWaitThread(consumer, loop=self.loop, beacon=self.beacon)
+        return _FetchWaitConsumerThread(consumer, loop=self.loop, beacon=self.beacon)
 
 
 class FencedConsumer(_FencedCommits, _FetchWait, FaustAiokafkaConsumer):
