@@ -28,7 +28,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from bench.kafka_io import write_result
-from tagger.streams.app import PRODUCER_BUFFER_RECORDS, PRODUCER_LINGER_MS
+from tagger.streams.app import PRODUCER_BUFFER_RECORDS, PRODUCER_LINGER_MS, fetch_max_wait_ms
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
 from tagger.streams.logs import configure_logging
@@ -146,6 +146,9 @@ def _prepare(bootstrap: str, data_dir: Path) -> None:
 @click.option("--within", type=float, default=0.05, help="take_events wait (s).")
 @click.option("--session-timeout", type=float, default=10.0, help="Broker session timeout (s).")
 @click.option("--commit-interval", type=float, default=1.0, help="Offset commit interval (s).")
+@click.option(
+    "--fetch-wait-ms", type=int, default=0, help="TAGGER_FETCH_MAX_WAIT_MS, as the worker reads it."
+)
 @click.option("--web-port", type=int, required=True, help="Port of the Faust web server.")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--events", type=int, required=True, help="Events to consume before reporting.")
@@ -160,6 +163,7 @@ def faust(
     within: float,
     session_timeout: float,
     commit_interval: float,
+    fetch_wait_ms: int,
     web_port: int,
     data_dir: Path,
     events: int,
@@ -167,6 +171,10 @@ def faust(
 ) -> None:
     """Run a bare or reference Faust agent with the worker's app settings until stopped."""
     _prepare(bootstrap, data_dir)
+    # _prepare turns the end-offset probe on exactly for the embedded Tansu broker.
+    TaggerApp.fetch_max_wait_ms = fetch_max_wait_ms(
+        fetch_wait_ms, tansu=TaggerApp.probe_end_offsets
+    )
     # The same app arguments as tagger.streams.app.build_app, minus the security options.
     app = TaggerApp(
         app_id,

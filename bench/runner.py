@@ -72,6 +72,8 @@ class Context:
     server_pids: dict[str, int | None]
     partitions: int = 8
     store: str = "memory://"
+    # TAGGER_FETCH_MAX_WAIT_MS of the worker and the Faust agents; 0 is the worker's default.
+    fetch_wait_ms: int = 0
 
     def worker_settings(self, name: str) -> Settings:
         """Return settings of a worker reading the benchmark input in replay clock mode."""
@@ -90,6 +92,7 @@ class Context:
             data_dir=str(self.workdir / f"{name}-data"),
             broker_session_timeout_s=_SESSION_TIMEOUT_S,
             log_level="info",
+            fetch_max_wait_ms=self.fetch_wait_ms,
             extra={"store": self.store},
         ).validated()
 
@@ -183,6 +186,14 @@ def main() -> None:
     help="Run the worker under py-spy and write its collapsed stacks to this file.",
 )
 @click.option(
+    "--fetch-wait-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="TAGGER_FETCH_MAX_WAIT_MS of the worker stages and the Faust agents; "
+    "0 is the worker's default (10 ms on the embedded broker, else Faust's 1,500).",
+)
+@click.option(
     "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write figures."
 )
 def run(
@@ -201,6 +212,7 @@ def run(
     recovery_profile_dir: Path | None,
     standby_replicas: int,
     customer_counts: str,
+    fetch_wait_ms: int,
 ) -> None:
     """Start the embedded broker and Redis (or use KAFKA_BOOTSTRAP_SERVERS and REDIS_URL),
     produce the input, run each stage and print events/s and ratios."""
@@ -244,6 +256,7 @@ def run(
             workdir=Path(tmp),
             server_pids=pids,
             store=_STORES[store],
+            fetch_wait_ms=fetch_wait_ms,
         )
         figures = _run_stages(context, selected, profile_path, options)
 
@@ -542,6 +555,8 @@ def _run_faust(context: Context, mode: str) -> dict[str, Any]:
             str(settings.broker_session_timeout_s),
             "--commit-interval",
             str(settings.commit_interval_s),
+            "--fetch-wait-ms",
+            str(settings.fetch_max_wait_ms),
             "--web-port",
             str(settings.web_port),
             "--data-dir",

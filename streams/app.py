@@ -35,6 +35,7 @@ __all__ = [
     "TaggerRuntime",
     "TaggerWorker",
     "build_app",
+    "fetch_max_wait_ms",
 ]
 
 log = structlog.get_logger(__name__)
@@ -124,6 +125,16 @@ class TaggerRuntime:
         return True
 
 
+def fetch_max_wait_ms(configured: int, *, tansu: bool) -> int | None:
+    """Return the consumer's fetch wait (ms) for TAGGER_FETCH_MAX_WAIT_MS, or None for Faust's.
+
+    0 means 10 ms on the embedded Tansu broker and Faust's 1,500 ms elsewhere.
+    """
+    if configured:
+        return configured
+    return _TANSU_FETCH_WAIT_MS if tansu else None
+
+
 def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
     settings: Settings,
     rulebook: Rulebook,
@@ -137,9 +148,7 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
     registry = CollectorRegistry()
     metrics = TaggerMetrics.create(registry)
     TaggerApp.probe_end_offsets = probe_end_offsets
-    TaggerApp.fetch_max_wait_ms = settings.fetch_max_wait_ms or (
-        _TANSU_FETCH_WAIT_MS if tansu else None
-    )
+    TaggerApp.fetch_max_wait_ms = fetch_max_wait_ms(settings.fetch_max_wait_ms, tansu=tansu)
     TaggerApp.recovery_bulk_s = settings.recovery_bulk_s
     app = TaggerApp(
         settings.app_id,
