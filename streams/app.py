@@ -43,8 +43,8 @@ log = structlog.get_logger(__name__)
 # The live clock and lag gauges are refreshed this often (seconds); firing a
 # time-driven change lags its due time by at most this plus the live clock lag.
 _TICK_INTERVAL_S = 0.25
-# The fetch wait on the embedded Tansu broker (ms), which answers a fetch
-# only when the wait ends: 10 ms took an aiokafka consumer's p99 delivery
+# The fetch wait on the embedded Tansu broker (ms), which responds to a fetch
+# only when the wait ends. 10 ms took an aiokafka consumer's p99 delivery
 # delay from 750 ms (Faust's 1,500 ms wait) to 11 ms at 500 records/s.
 _TANSU_FETCH_WAIT_MS = 10
 # How long the input guard may take to read records the consumer skipped

@@ -101,11 +101,10 @@ class Settings:
     # own bounds keep states far below: a test that floods one customer with
     # events over 3,000 categories reached 17.9 KB.
     max_state_bytes: int = 65_536
-    # The longest a fetch waits for new records (ms). 0 picks 10 ms on the
-    # embedded Tansu broker, which answers a fetch only when this wait ends
-    # even when records arrived before, and Faust's 1,500 ms elsewhere:
-    # Kafka answers as soon as a record arrives, so there the wait only
-    # spaces out the fetches of an idle consumer.
+    # Maximum wait of a fetch for new records (ms). 0 picks 10 ms on the
+    # embedded Tansu broker, which responds to a fetch only when this wait
+    # ends, and Faust's 1,500 ms elsewhere. Kafka responds as soon as a
+    # record arrives, so there the wait only spaces out an idle consumer's fetches.
     fetch_max_wait_ms: int = 0
     broker_session_timeout_s: float = 30.0
     standby_replicas: int = 0

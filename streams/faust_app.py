@@ -120,7 +120,7 @@ class TaggerApp(faust.App):
     # Seconds the table recovery may read changelogs in bulk (streams/bulk_recovery.py).
     recovery_bulk_s = 0.0
     commit_fence: CommitFence | None = None
-    # The longest a fetch may wait for records (ms); None keeps Faust's 1.5 s.
+    # Maximum wait of a fetch for records (ms). None keeps Faust's 1.5 s.
     fetch_max_wait_ms: int | None = None
 
     def _new_transport(self) -> Any:
