@@ -94,6 +94,8 @@ class BulkRecovery(Recovery):
     async def _build_offsets(
         self, consumer: Any, tps: set[TP], destination: Any, title: str
     ) -> None:
+        # Faust's timeout covers this whole step, the offset request included.
+        started = time.monotonic()
         await super()._build_offsets(consumer, tps, destination, title)
         if title != "active":
             return
@@ -115,8 +117,10 @@ class BulkRecovery(Recovery):
             ends[tp] = end
         if not stores:
             return
-        reader = BulkReader(self.app, stores, ends, destination)
-        await reader.run(deadline=time.monotonic() + limit_s)
+        reader = BulkReader(
+            self.app, stores, ends, destination, rebalancing=self.signal_recovery_start.is_set
+        )
+        await reader.run(deadline=started + limit_s)
 
 
 class BulkTableManager(TableManager):
@@ -135,6 +139,9 @@ class BulkReader:
     `offsets[tp]` is the offset of the last record applied (Faust's meaning);
     the read starts after it and ends at `ends[tp]`, included. `clock`
     returns monotonic seconds, the time `run`'s deadline is in.
+    `rebalancing` returns True once a new rebalance has started: Faust has
+    then dropped revoked partitions from `offsets`, so nothing more is
+    applied.
     """
 
     def __init__(
@@ -146,6 +153,7 @@ class BulkReader:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_records_per_poll: int = _MAX_RECORDS_PER_POLL,
+        rebalancing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
         self.stores = stores
@@ -153,7 +161,10 @@ class BulkReader:
         self.offsets = offsets
         self.clock = clock
         self.max_records_per_poll = max_records_per_poll
+        self.rebalancing = rebalancing
         self.applied = 0
+        # Set when a new rebalance stopped the read.
+        self.interrupted = False
 
     def _remaining(self, tps: Iterable[TP]) -> int:
         return sum(self.ends[tp] - self.offsets[tp] for tp in tps)
@@ -188,6 +199,8 @@ class BulkReader:
             )
             return
         seconds = self.clock() - started
+        if self.interrupted:
+            return
         if pending:
             log.warning(
                 "changelog bulk read stopped at its time limit; faust reads the rest",
@@ -212,6 +225,9 @@ class BulkReader:
             client_id=f"{conf.broker_client_id}-bulk-recovery",
             group_id=None,
             enable_auto_commit=False,
+            # A start offset that retention deleted meanwhile reads from the
+            # log start, never from the end.
+            auto_offset_reset="earliest",
             max_partition_fetch_bytes=_FETCH_BYTES,
             isolation_level=(
                 "read_committed"
@@ -234,6 +250,14 @@ class BulkReader:
                     timeout_ms=wait_ms,
                     max_records=self.max_records_per_poll,
                 )
+                if self.rebalancing():
+                    log.info(
+                        "changelog bulk read stopped by a new rebalance",
+                        applied=self.applied,
+                        partitions_left=sorted(_name(tp) for tp in pending),
+                    )
+                    self.interrupted = True
+                    return pending
                 for partition, records in batch.items():
                     self._apply(partitions[partition], records)
                 for partition, tp in partitions.items():

@@ -136,3 +136,26 @@ def test_bulk_readable_needs_raw_memory_table(namespace: str) -> None:
     assert bulk_readable(raw)
     assert not bulk_readable(json_values)
     assert not bulk_readable(None)
+
+
+def test_new_rebalance_stops_bulk_read(
+    kafka_bootstrap: str, namespace: str, changelog: str
+) -> None:
+    tp = TP(changelog, 0)
+    store = _Store()
+    offsets = {tp: -1}
+    reader = BulkReader(
+        _app(kafka_bootstrap, namespace),
+        {tp: store},  # type: ignore[dict-item]
+        {tp: len(_RECORDS[0]) - 1},
+        offsets,
+        rebalancing=lambda: True,
+    )
+
+    asyncio.run(reader.run(deadline=1e18))
+
+    # Faust dropped the revoked partitions' offsets: nothing may be written back.
+    assert reader.interrupted
+    assert reader.applied == 0
+    assert store.data == {}
+    assert offsets == {tp: -1}
