@@ -82,6 +82,8 @@ class InputGuard:
             expected = running.get(key)
             if expected is None and self._committed is not None:
                 # The first record after an assignment starts at the committed offset.
+                # NOTE: without a committed offset (Faust also stores 0 as none),
+                # records skipped before the first one seen go unnoticed.
                 expected = self._committed(TP(record.topic, record.partition))
             if expected is not None and record.offset > expected:
                 admitted.extend(await self._read_skipped(record, expected))
