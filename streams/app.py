@@ -361,6 +361,7 @@ def _input_guard(runtime: TaggerRuntime) -> InputGuard:
         read,
         on_gap=runtime.metrics.errors.labels("input_gap").inc,
         committed=runtime.committed_offset,
+        on_stall=runtime.metrics.errors.labels("input_stall").inc,
     )
     # Commits never pass the first record not processed, whatever Faust acknowledged.
     app.commit_fence = guard.commit_limit

@@ -58,12 +58,17 @@ class InputGuard:
         read: RangeReader,
         on_gap: Callable[[], None] | None = None,
         committed: Callable[[TP], int | None] | None = None,
+        on_stall: Callable[[], None] | None = None,
     ) -> None:
         self.topics = frozenset(topics)
         self.expected: dict[Key, int] = {}
         self._seek = seek
         self._read = read
         self._on_gap = on_gap
+        # Called for each partition sought again for receiving no records.
+        # Under a large backlog Faust's flow control can leave a partition
+        # without records that long, so these are not counted as gaps.
+        self._on_stall = on_stall
         # The group's committed offset of a topic-partition, where the
         # consumer starts after an assignment, or None when there is none.
         self._committed = committed
@@ -120,8 +125,8 @@ class InputGuard:
                 offset=offset,
                 waited_s=round(now - since, 1),
             )
-            if self._on_gap is not None:
-                self._on_gap()
+            if self._on_stall is not None:
+                self._on_stall()
             self._last_arrival[key] = now
             await self._seek(tp, offset)
         for key in [key for key in self._last_arrival if key not in behind_keys]:

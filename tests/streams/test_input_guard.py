@@ -131,7 +131,14 @@ async def test_commit_limit_follows_processed() -> None:
 
 async def test_stalled_partition_sought_to_committed(monkeypatch: pytest.MonkeyPatch) -> None:
     seeks = _Seeks()
-    guard = InputGuard([_TOPIC], seeks, _Broker())
+    counted: list[str] = []
+    guard = InputGuard(
+        [_TOPIC],
+        seeks,
+        _Broker(),
+        on_gap=lambda: counted.append("gap"),
+        on_stall=lambda: counted.append("stall"),
+    )
     behind = [TP(_TOPIC, 0), TP(_TOPIC, 1)]
     guard.processed(await guard.admit(_records(1, [7])))
     now = time.monotonic()
@@ -143,6 +150,8 @@ async def test_stalled_partition_sought_to_committed(monkeypatch: pytest.MonkeyP
 
     # Partition 0 processed nothing: its committed offset; partition 1: the next one.
     assert seeks.calls == [(TP(_TOPIC, 0), 3), (TP(_TOPIC, 1), 8)]
+    # A starved partition is counted as a stall, not as skipped records.
+    assert counted == ["stall", "stall"]
 
 
 async def test_caught_up_partition_never_sought(monkeypatch: pytest.MonkeyPatch) -> None:
