@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 from faust.sensors.prometheus import setup_prometheus_sensors
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +23,7 @@ from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.partition_reader import read_range
 from tagger.streams.processor import InboundRecord, Processor
 from tagger.streams.rulebook_versions import BatchAbandoned, VersionGate
-from tagger.streams.security import faust_app_args
+from tagger.streams.security import faust_aiokafka_args, faust_app_args
 from tagger.streams.web import register_views, web_application_options
 
 __all__ = [
@@ -348,9 +347,8 @@ def _input_guard(runtime: TaggerRuntime) -> InputGuard:
         # read offset, so the records read again are delivered.
         await app.consumer.seek_wait({tp: offset})
 
-    conf = app.conf
-    bootstrap = [f"{url.host}:{url.port}" for url in conf.broker_consumer]
-    auth = credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)
+    auth = faust_aiokafka_args(app.conf)
+    bootstrap = auth.pop("bootstrap_servers")
 
     async def read(tp: TP, start: int, end: int) -> list[InboundRecord]:
         return await read_range(bootstrap, tp, start, end, timeout_s=_RANGE_READ_TIMEOUT_S, **auth)

@@ -32,11 +32,11 @@ from aiokafka.structs import TopicPartition
 from faust.stores.memory import Store as MemoryStore
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 from faust.types.enums import ProcessingGuarantee
 
 from tagger.streams.partition_reader import stop_consumer
+from tagger.streams.security import faust_aiokafka_args
 
 __all__ = ["BulkReader", "BulkRecovery", "BulkTableManager", "bulk_readable"]
 
@@ -221,7 +221,6 @@ class BulkReader:
         """Read until every partition reaches its end or `deadline`; return those left."""
         conf = self.app.conf
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=[f"{url.host}:{url.port}" for url in conf.broker_consumer],
             client_id=f"{conf.broker_client_id}-bulk-recovery",
             group_id=None,
             enable_auto_commit=False,
@@ -234,7 +233,7 @@ class BulkReader:
                 if conf.processing_guarantee is ProcessingGuarantee.EXACTLY_ONCE
                 else "read_uncommitted"
             ),
-            **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+            **faust_aiokafka_args(conf),
         )
         await consumer.start()
         try:

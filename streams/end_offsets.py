@@ -20,9 +20,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as FaustAiokafkaConsumer
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 from kafka.admin import KafkaAdminClient
+
+from tagger.streams.security import faust_aiokafka_args
 
 __all__ = ["EndOffsetProbingConsumer", "broker_cluster_id", "needs_probe", "probe_end_offsets"]
 
@@ -104,13 +105,9 @@ class EndOffsetProbingConsumer(FaustAiokafkaConsumer):
 
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         reported = await super().highwaters(*partitions)
-        bootstrap = ",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker_consumer)
-        # The probe connects with the same security arguments as Faust's own
-        # consumer, which faust-streaming derives from `broker_credentials`.
-        auth = credentials_to_aiokafka_auth(
-            self.app.conf.broker_credentials, self.app.conf.ssl_context
-        )
-        corrected = await asyncio.shield(probe_end_offsets(bootstrap, reported, **auth))
+        client_args = faust_aiokafka_args(self.app.conf)
+        bootstrap = ",".join(client_args.pop("bootstrap_servers"))
+        corrected = await asyncio.shield(probe_end_offsets(bootstrap, reported, **client_args))
         moved = {
             f"{tp.topic}[{tp.partition}]": (reported[tp], corrected[tp])
             for tp in reported

@@ -19,10 +19,10 @@ those records first, in offset order. Offsets the broker does not have
 whatever Faust acknowledged.
 
 An earlier version sought Faust's consumer back instead. Records Faust had
-fetched before the seek then moved its read position on again, so the
-records read again were dropped as already delivered, and the guard took
+fetched before the seek then moved its read position on again, so Faust
+dropped the records read again as already delivered. The guard took the
 stale records for the result of its seek and accepted a gap that was not
-one: that input was lost.
+one, and that input was lost.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
 from tagger.errors import ConfigError
 from tagger.streams.config import Settings
 
@@ -23,6 +25,7 @@ __all__ = [
     "KAFKA_SECURITY_FIELDS",
     "REDIS_SECURITY_FIELDS",
     "aiokafka_args",
+    "faust_aiokafka_args",
     "faust_app_args",
     "kafka_python_args",
     "redis_args",
@@ -62,6 +65,18 @@ def faust_app_args(settings: Settings) -> dict[str, Any]:
         ssl_context=ssl_context(settings) if protocol == "SASL_SSL" else None,
     )
     return {"broker_credentials": credentials}
+
+
+def faust_aiokafka_args(conf: Any) -> dict[str, Any]:
+    """Return the bootstrap servers and security arguments of a Faust app's conf, for aiokafka.
+
+    A consumer of the worker's own then connects as Faust's own consumer
+    does, whose credentials faust-streaming derives from `broker_credentials`.
+    """
+    return {
+        "bootstrap_servers": [f"{url.host}:{url.port}" for url in conf.broker_consumer],
+        **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+    }
 
 
 def aiokafka_args(settings: Settings) -> dict[str, Any]:
