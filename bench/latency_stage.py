@@ -559,30 +559,40 @@ def _load_figures(
 
 
 def _worker_histograms(body: bytes | None) -> dict[str, Any]:
-    """Summarise the worker's batch and event-latency histograms since it started.
+    """Summarise the worker's batch, event-latency and GC histograms since it started.
 
     `tagger_event_latency_seconds` runs from a record's Kafka timestamp (the
     event time here, stamped at send) to the end of its batch, so the rest of
     the topic latency is publishing the changes and reading them back.
+    `tagger_gc_pause_seconds` is summarised per generation, as `gc_<n>`.
     """
     if body is None:
         return {}
-    families = {"tagger_batch_seconds": "batch", "tagger_event_latency_seconds": "event_latency"}
-    summaries: dict[str, Any] = {}
+    families = {
+        "tagger_batch_seconds": "batch",
+        "tagger_event_latency_seconds": "event_latency",
+        "tagger_gc_pause_seconds": "gc",
+    }
+    collected: dict[str, tuple[list[tuple[float, float]], list[float]]] = {}
     for family in text_string_to_metric_families(body.decode()):
         name = families.get(family.name)
         if name is None:
             continue
-        buckets: list[tuple[float, float]] = []
-        count = total = 0.0
         for sample in family.samples:
+            generation = sample.labels.get("generation")
+            series = name if generation is None else f"{name}_{generation}"
+            buckets, sums = collected.setdefault(series, ([], [0.0, 0.0]))
             if sample.name.endswith("_bucket"):
                 buckets.append((float(sample.labels["le"]), sample.value))
             elif sample.name.endswith("_count"):
-                count = sample.value
+                sums[0] = sample.value
             elif sample.name.endswith("_sum"):
-                total = sample.value
-        summaries[name] = _histogram_summary(sorted(buckets), count, total)
+                sums[1] = sample.value
+    summaries: dict[str, Any] = {}
+    for series, (buckets, (count, total)) in sorted(collected.items()):
+        summary = _histogram_summary(sorted(buckets), count, total)
+        summary["total_ms"] = round(total * 1000, 1)
+        summaries[series] = summary
     return summaries
 
 

@@ -6,15 +6,26 @@ and partition. A customer id never becomes a label.
 
 from __future__ import annotations
 
+import gc
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["TaggerMetrics"]
+__all__ = ["TaggerMetrics", "watch_gc"]
+
+log = structlog.get_logger(__name__)
 
 # Batch and event latencies on a loopback broker run from about a millisecond
 # to seconds during recovery or a Redis outage.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# A young-generation collection takes microseconds; a full one over a large
+# heap can take a large part of a second.
+_GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,7 @@ class TaggerMetrics:
     states_trimmed: Counter
     batch_seconds: Histogram
     event_latency_seconds: Histogram
+    gc_pause_seconds: Histogram
     partition_clock_ms: Gauge
     partition_lag: Gauge
     partition_caught_up: Gauge
@@ -123,6 +135,13 @@ class TaggerMetrics:
                 buckets=_LATENCY_BUCKETS,
                 registry=registry,
             ),
+            gc_pause_seconds=Histogram(
+                "tagger_gc_pause_seconds",
+                "Time the worker's process stood still in Python's garbage collector, by generation.",
+                ["generation"],
+                buckets=_GC_BUCKETS,
+                registry=registry,
+            ),
             partition_clock_ms=Gauge(
                 "tagger_partition_clock_ms",
                 "Event-time clock of each assigned partition, epoch ms.",
@@ -152,3 +171,36 @@ class TaggerMetrics:
                 registry=registry,
             ),
         )
+
+
+# A collection at least this long is logged: it delays every batch in hand.
+_GC_LOG_S = 0.1
+
+
+def watch_gc(histogram: Histogram) -> Callable[[], None]:
+    """Time every garbage collection into `histogram`; return the function that stops it."""
+    started: list[float] = [0.0]
+    children = [histogram.labels(str(generation)) for generation in range(3)]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        seconds = time.perf_counter() - started[0]
+        generation = info.get("generation", 2)
+        children[generation].observe(seconds)
+        if seconds >= _GC_LOG_S:
+            log.info(
+                "long garbage collection",
+                generation=generation,
+                ms=round(seconds * 1000, 1),
+                collected=info.get("collected"),
+            )
+
+    gc.callbacks.append(callback)
+
+    def stop() -> None:
+        if callback in gc.callbacks:
+            gc.callbacks.remove(callback)
+
+    return stop

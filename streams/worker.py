@@ -15,6 +15,7 @@ from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.mirror import MirrorWriter
 from tagger.streams.mirror_marker import MARKER_CHECK_INTERVAL_S, MirrorMarker, marker_key
+from tagger.streams.metrics import watch_gc
 from tagger.streams.recovery_progress import RecoveryMetrics, RecoveryProgress
 from tagger.streams.rulebook_versions import VersionGate, rulebook_text
 from tagger.streams.security import kafka_python_args
@@ -175,6 +176,7 @@ def run_worker(settings: Settings, rulebook: Rulebook | None = None) -> None:
     """
     _install_uvloop()
     runtime = build_runtime(settings, rulebook)
+    watch_gc(runtime.metrics.gc_pause_seconds)
     # Faust starts the app's own services only after the first recovery, so
     # the recovery reports run as a service of the worker, started before the app.
     progress = RecoveryProgress(

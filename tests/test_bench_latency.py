@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.latency_stage import (
     EventTimes,
     MirrorWatch,
     mirror_seq_of_change,
     summarise,
+    _worker_histograms,
     watermark_passed_at,
 )
+from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.mirror_lua import mirror_seq
 
 
@@ -104,3 +107,22 @@ def test_mirror_watch_value_before_send() -> None:
     watch.offer("c1", 10.5)
 
     assert watch.visible_at("c1", 5, 10.5) is None
+
+
+def test_worker_histograms_split_gc_by_generation() -> None:
+    registry = CollectorRegistry()
+    metrics = TaggerMetrics.create(registry)
+    metrics.batch_seconds.observe(0.02)
+    metrics.gc_pause_seconds.labels("0").observe(0.0002)
+    metrics.gc_pause_seconds.labels("2").observe(0.08)
+    metrics.gc_pause_seconds.labels("2").observe(0.02)
+
+    figures = _worker_histograms(generate_latest(registry))
+
+    assert figures["batch"]["count"] == 1
+    assert figures["gc_0"]["count"] == 1
+    assert figures["gc_2"]["count"] == 2
+    assert figures["gc_2"]["total_ms"] == 100.0
+    assert figures["gc_2"]["p99_at_most_ms"] == 100.0
+    # A generation with no series (never labelled) is left out.
+    assert "gc_1" not in figures
