@@ -195,7 +195,13 @@ def _print_customers(console: Console, customers: dict[str, Any] | None) -> None
     """Print the worker's rate at each customer count and the last-to-first ratio."""
     if not customers:
         return
-    table = Table(title=f"worker over customer counts, {customers['events']:,} events each")
+    per_customer = customers.get("events_per_customer")
+    title = (
+        f"worker over customer counts, {customers['events']:,} events each"
+        if per_customer is None
+        else f"worker over customer counts, events per customer: {per_customer:g}"
+    )
+    table = Table(title=title)
     # Short headings, so that eight columns fit an 80-column terminal.
     columns = (
         "customers",

@@ -179,6 +179,13 @@ def main() -> None:
     help="Comma-separated customer counts of the customers stage, at --events events each.",
 )
 @click.option(
+    "--events-per-customer",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Customers stage: give each count this many events per customer instead of "
+    "--events, so that every count has the same input shape.",
+)
+@click.option(
     "--profile",
     "profile_path",
     type=click.Path(path_type=Path),
@@ -212,6 +219,7 @@ def run(
     recovery_profile_dir: Path | None,
     standby_replicas: int,
     customer_counts: str,
+    events_per_customer: float | None,
     fetch_wait_ms: int,
 ) -> None:
     """Start the embedded broker and Redis (or use KAFKA_BOOTSTRAP_SERVERS and REDIS_URL),
@@ -230,6 +238,7 @@ def run(
         recovery_profile_dir=recovery_profile_dir,
         standby_replicas=standby_replicas,
         customer_counts=_parse_counts(customer_counts),
+        events_per_customer=events_per_customer,
         latency=_LatencyLoad(latency_rate, latency_seconds),
     )
 
@@ -284,6 +293,7 @@ class _ScaleOptions:
     recovery_profile_dir: Path | None
     standby_replicas: int
     customer_counts: list[int]
+    events_per_customer: float | None
     latency: _LatencyLoad
 
 
@@ -336,7 +346,9 @@ def _run_stages(
     }
     scale_runners: dict[str, Callable[[Context], dict[str, Any]]] = {
         "scale2": lambda ctx: _run_scale2(ctx, bench_input, options.standby_replicas),
-        "customers": lambda ctx: _run_customers(ctx, base, options.customer_counts),
+        "customers": lambda ctx: _run_customers(
+            ctx, base, options.customer_counts, options.events_per_customer
+        ),
     }
     for stage in selected:
         if stage == "latency":
@@ -410,10 +422,14 @@ def _run_scale2(context: Context, bench_input: BenchInput, standby_replicas: int
     )
 
 
-def _run_customers(context: Context, base: list[BaseEvent], counts: list[int]) -> dict[str, Any]:
+def _run_customers(
+    context: Context, base: list[BaseEvent], counts: list[int], per_customer: float | None
+) -> dict[str, Any]:
     from bench.scale_stage import measure_customers
 
-    return measure_customers(context, base, counts, timeout_s=_STAGE_TIMEOUT_S)
+    return measure_customers(
+        context, base, counts, events_per_customer=per_customer, timeout_s=_STAGE_TIMEOUT_S
+    )
 
 
 def _machine() -> dict[str, Any]:

@@ -212,53 +212,76 @@ def _follow_group(
 
 
 def measure_customers(
-    context: Context, base: list[BaseEvent], counts: list[int], *, timeout_s: float
+    context: Context,
+    base: list[BaseEvent],
+    counts: list[int],
+    *,
+    events_per_customer: float | None = None,
+    timeout_s: float,
 ) -> dict[str, Any]:
-    """Run the worker stage on inputs of `context.events` events over each customer count.
+    """Run the worker stage over each customer count, on `context.events` events each, or on
+    `events_per_customer` times the count.
 
     Each count gets its own input topic, app id and Redis prefix. Besides the
     worker's figures, each records the input's shape: distinct customers
     actually produced, events per customer and sample customers' split, since
     with fewer events than customers every customer gets one event or none.
+    With the same event count, more customers means fewer events each, and a
+    customer's first event makes more tag changes than its later ones;
+    `events_per_customer` holds the shape instead.
     """
-    if context.events < max(counts):
-        # At a count above `events`, each customer gets about one event, so
+    sizes = {
+        customers: (
+            context.events
+            if events_per_customer is None
+            else max(1, round(customers * events_per_customer))
+        )
+        for customers in counts
+    }
+    if any(events < customers for customers, events in sizes.items()):
+        # At a count above its events, each customer gets about one event, so
         # all such counts give nearly the same input.
         log.warning(
             "fewer events than customers: the larger counts cannot all appear",
-            events=context.events,
+            events=sizes,
             customer_counts=counts,
         )
     results: dict[str, Any] = {}
     for customers in counts:
+        events = sizes[customers]
         run_id = f"{context.run_id}c{customers}"
         sub = dataclasses.replace(
             context,
             run_id=run_id,
             topic=f"{run_id}-events",
+            events=events,
             customers=customers,
             workdir=context.workdir / f"customers-{customers}",
         )
         sub.workdir.mkdir(parents=True, exist_ok=True)
         create_topics(sub.worker_settings("worker"))
-        bench_input = BenchInput(base, context.events, customers)
+        bench_input = BenchInput(base, events, customers)
         distinct: set[bytes] = set()
         produce(context.bootstrap, sub.topic, _counting(bench_input.records(), distinct))
-        log.info("customers stage starting", customers=customers, distinct=len(distinct))
+        log.info(
+            "customers stage starting", customers=customers, events=events, distinct=len(distinct)
+        )
         figures = measure_worker(sub, None, timeout_s=timeout_s)
         changes = figures.get("counters", {}).get("tagger_tag_changes_total")
         figures["input"] = {
             "customers": customers,
+            "events": events,
             "distinct_customers": len(distinct),
-            "events_per_customer": round(context.events / len(distinct), 2) if distinct else None,
+            "events_per_customer": round(events / len(distinct), 2) if distinct else None,
             "customers_per_sample_customer": bench_input.split,
-            "tag_changes_per_event": round(changes / context.events, 2) if changes else None,
+            "tag_changes_per_event": round(changes / events, 2) if changes else None,
         }
         log.info("customers stage finished", customers=customers, **figures)
         results[str(customers)] = figures
     rates = [results[str(count)]["events_per_s"] for count in counts]
     return {
-        "events": context.events,
+        "events": context.events if events_per_customer is None else None,
+        "events_per_customer": events_per_customer,
         "by_customers": results,
         "last_over_first": round(rates[-1] / rates[0], 3) if rates[0] else None,
     }
