@@ -436,8 +436,9 @@ def members(tag: str, offset: int, limit: int, **options: Any) -> None:
     from tagger.streams.readers import tag_members
 
     page = tag_members(settings, tag, offset=offset, limit=limit)
-    if page.total == 0:
-        _hint_if_no_rulebook(settings, tag=tag)
+    if page.total == 0 and _hint_if_no_rulebook(settings, tag=tag):
+        # A misspelt tag is the caller's error: exit 2, so that scripts can tell.
+        raise click.exceptions.Exit(2)
     table = Table("customer", "since (UTC)")
     for member in page.members:
         table.add_row(member.customer_id, member.since)
@@ -448,8 +449,11 @@ def members(tag: str, offset: int, limit: int, **options: Any) -> None:
         console.print(f"next page: --offset {shown_to} --limit {limit}")
 
 
-def _hint_if_no_rulebook(settings: Settings, *, tag: str | None = None) -> None:
-    """Explain an empty answer: a wrong Redis URL or prefix, or a misspelt tag."""
+def _hint_if_no_rulebook(settings: Settings, *, tag: str | None = None) -> bool:
+    """Explain an empty answer: a wrong Redis URL or prefix, or a misspelt tag.
+
+    Return True when `tag` is not in the mirrored rulebook.
+    """
     import difflib
 
     import redis
@@ -469,13 +473,14 @@ def _hint_if_no_rulebook(settings: Settings, *, tag: str | None = None) -> None:
             "TAGGER_REDIS_PREFIX wrong, or has no worker started yet?",
             highlight=False,
         )
-        return
+        return False
     known = set(described["tags"])
     if tag is None or tag in known or tag.split(":", 1)[0] in known or tag.startswith("manual:"):
-        return
+        return False
     close = difflib.get_close_matches(tag, sorted(known), n=1)
     suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-    err_console.print(f"note: the rulebook has no tag {tag!r}{suggestion}", highlight=False)
+    err_console.print(f"error: the rulebook has no tag {tag!r}{suggestion}", highlight=False)
+    return True
 
 
 @cli.command()
