@@ -353,6 +353,11 @@ def _input_guard(runtime: TaggerRuntime) -> InputGuard:
     async def read(tp: TP, start: int, end: int) -> list[InboundRecord]:
         return await read_range(bootstrap, tp, start, end, timeout_s=_RANGE_READ_TIMEOUT_S, **auth)
 
+    async def log_start(tp: TP) -> int | None:
+        offsets = await app.consumer.earliest_offsets(tp)
+        offset = offsets.get(tp)
+        return None if offset is None else int(offset)
+
     guard = InputGuard(
         {tp.topic for tp in runtime.input_partitions(0)},
         seek,
@@ -360,6 +365,7 @@ def _input_guard(runtime: TaggerRuntime) -> InputGuard:
         on_gap=runtime.metrics.errors.labels("input_gap").inc,
         committed=runtime.committed_offset,
         on_stall=runtime.metrics.errors.labels("input_stall").inc,
+        log_start=log_start,
     )
     # Commits never pass the first record not processed, whatever Faust acknowledged.
     app.commit_fence = guard.commit_limit

@@ -15,7 +15,9 @@ Points, in the order a batch reaches them (see processor.py):
 One more point does not stop the worker: `records_dropped:N` removes
 records from the middle of the N-th batch before the input guard gets it,
 as faust-streaming does when it loses records it fetched. The guard must
-read them again from the broker.
+read them again from the broker. `first_records_dropped:N` removes the first
+half of the N-th batch's first topic-partition instead, so that with nothing
+committed yet the gap shows only against the log's first offset.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import structlog
 from tagger.errors import ConfigError
 
 __all__ = [
+    "DROP_HEAD_POINT",
     "DROP_POINT",
     "FAULT_ENV",
     "POINTS",
@@ -43,6 +46,8 @@ log = structlog.get_logger(__name__)
 FAULT_ENV = "TAGGER_FAULT"
 POINTS = ("states_written", "changelog_flushed", "changes_published", "batch_raises")
 DROP_POINT = "records_dropped"
+DROP_HEAD_POINT = "first_records_dropped"
+_DROP_POINTS = (DROP_POINT, DROP_HEAD_POINT)
 # Records a batch needs in its first topic-partition to lose some from the
 # middle. A smaller batch is not counted.
 _MIN_RECORDS_TO_DROP = 3
@@ -51,10 +56,10 @@ _MIN_RECORDS_TO_DROP = 3
 def parse_fault(text: str) -> tuple[str, int]:
     """Parse `POINT:N`; raise ConfigError naming the valid points."""
     point, _, count = text.partition(":")
-    if point not in (*POINTS, DROP_POINT) or not count.isdigit() or int(count) < 1:
+    if point not in (*POINTS, *_DROP_POINTS) or not count.isdigit() or int(count) < 1:
         raise ConfigError(
             f"{FAULT_ENV}={text!r}: expected POINT:N with N >= 1 and POINT one of "
-            + ", ".join((*POINTS, DROP_POINT))
+            + ", ".join((*POINTS, *_DROP_POINTS))
         )
     return point, int(count)
 
@@ -90,27 +95,48 @@ def fault_point(point: str) -> None:
 
 
 def drop_records(records: list[Any]) -> list[Any]:
-    """At the N-th batch when `records_dropped` is armed, return it without some middle records.
+    """At the N-th batch when a drop point is armed, return it without some records.
 
-    The records dropped are the second up to the middle one of the batch's
+    `records_dropped` drops the second up to the middle record of the batch's
     first topic-partition, so a later record of the same batch shows the gap.
+    `first_records_dropped` drops the first half of the records of a
+    topic-partition none of whose records any earlier batch held.
     """
-    if _armed.point != DROP_POINT or _armed.remaining <= 0 or not records:
+    if _armed.point not in _DROP_POINTS or _armed.remaining <= 0 or not records:
         return records
-    first = (records[0].topic, records[0].partition)
-    positions = [i for i, r in enumerate(records) if (r.topic, r.partition) == first]
+    chosen = _first_new_partition(records) if _armed.point == DROP_HEAD_POINT else records[0]
+    _seen.update((record.topic, record.partition) for record in records)
+    if chosen is None:
+        return records
+    key = (chosen.topic, chosen.partition)
+    positions = [i for i, r in enumerate(records) if (r.topic, r.partition) == key]
     if len(positions) < _MIN_RECORDS_TO_DROP:
         return records
     _armed.remaining -= 1
     if _armed.remaining > 0:
         return records
-    dropped = set(positions[1 : 1 + len(positions) // 2])
+    if _armed.point == DROP_HEAD_POINT:
+        dropped = set(positions[: len(positions) // 2])
+    else:
+        dropped = set(positions[1 : 1 + len(positions) // 2])
     log.warning(
         "fault point reached, dropping records",
-        point=DROP_POINT,
+        point=_armed.point,
         env=FAULT_ENV,
-        topic=first[0],
-        partition=first[1],
+        topic=key[0],
+        partition=key[1],
         offsets=[records[i].offset for i in sorted(dropped)],
     )
     return [record for i, record in enumerate(records) if i not in dropped]
+
+
+# Topic-partitions that `drop_records` has seen a record of.
+_seen: set[tuple[str, int]] = set()
+
+
+def _first_new_partition(records: list[Any]) -> Any:
+    """Return the first record of the batch whose topic-partition no earlier batch held."""
+    for record in records:
+        if (record.topic, record.partition) not in _seen:
+            return record
+    return None

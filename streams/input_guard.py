@@ -11,8 +11,8 @@ later redelivery look like a duplicate.
 
 `InputGuard` sits between Faust and the processor. When a batch's records
 of a topic-partition start after the next offset the processor expects (or,
-first after an assignment, after the committed offset), the
-guard reads the missing range straight from the broker (`read`) and puts
+first after an assignment, after the committed offset, or after the log's
+first offset when nothing is committed), the guard reads the missing range straight from the broker (`read`) and puts
 those records first, in offset order. Offsets the broker does not have
 (compaction, transaction markers, retention) are logged as an accepted gap.
 `commit_limit` keeps Faust's commits at the first record not processed,
@@ -46,6 +46,8 @@ _STALLED_INPUT_S = 10.0
 Key = tuple[str, int]
 # Return the records of a topic-partition from `start` up to, not including, `end`.
 RangeReader = Callable[[TP, int, int], Awaitable[list[InboundRecord]]]
+# Return the first offset of a topic-partition that the broker still has.
+LogStart = Callable[[TP], Awaitable[int | None]]
 
 
 class InputGuard:
@@ -59,6 +61,7 @@ class InputGuard:
         on_gap: Callable[[], None] | None = None,
         committed: Callable[[TP], int | None] | None = None,
         on_stall: Callable[[], None] | None = None,
+        log_start: LogStart | None = None,
     ) -> None:
         self.topics = frozenset(topics)
         self.expected: dict[Key, int] = {}
@@ -72,6 +75,8 @@ class InputGuard:
         # The group's committed offset of a topic-partition, where the
         # consumer starts after an assignment, or None when there is none.
         self._committed = committed
+        # Where a consumer with no committed offset starts (it resets to the earliest).
+        self._log_start = log_start
         # Monotonic time a record of each topic-partition last arrived, or
         # since it was first seen behind its input with none arriving.
         self._last_arrival: dict[Key, float] = {}
@@ -85,16 +90,24 @@ class InputGuard:
             key = (record.topic, record.partition)
             self._last_arrival[key] = now
             expected = running.get(key)
-            if expected is None and self._committed is not None:
-                # The first record after an assignment starts at the committed offset.
-                # NOTE: without a committed offset (Faust also stores 0 as none),
-                # records skipped before the first one seen go unnoticed.
-                expected = self._committed(TP(record.topic, record.partition))
+            if expected is None:
+                expected = await self._first_offset(TP(record.topic, record.partition))
             if expected is not None and record.offset > expected:
                 admitted.extend(await self._read_skipped(record, expected))
             running[key] = max(expected or 0, record.offset + 1)
             admitted.append(record)
         return admitted
+
+    async def _first_offset(self, tp: TP) -> int | None:
+        """Return the offset the first record after an assignment must have, or None."""
+        if self._committed is None:
+            return None
+        committed = self._committed(tp)
+        if committed is not None or self._log_start is None:
+            return committed
+        # Nothing committed (Faust also keeps 0 as none): the consumer starts at
+        # the log's first offset, so records before the first one seen were skipped.
+        return await self._log_start(tp)
 
     async def check_stalled(
         self, behind: Iterable[TP], committed: Callable[[TP], int | None]

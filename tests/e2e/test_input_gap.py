@@ -2,9 +2,11 @@
 
 The worker replays the REES46 sample with `TAGGER_FAULT=records_dropped:N`:
 the N-th batch loses records from its middle before the input guard gets
-it, as when faust-streaming clears records it already fetched. The guard
-must notice the gap, read the missing records straight from the broker, and
-the outputs must equal those of an uninterrupted run.
+it, as when faust-streaming clears records it already fetched. With
+`first_records_dropped:1` the first batch loses the first records of a
+partition while nothing is committed, so only the log's first offset shows
+the gap. The guard must notice the gap, read the missing records straight
+from the broker, and the outputs must equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tagger.streams.config import Settings
-from tagger.streams.faults import DROP_POINT, FAULT_ENV
+from tagger.streams.faults import DROP_HEAD_POINT, DROP_POINT, FAULT_ENV
 from tagger.streams.worker_process import WorkerProcess
 from tests.e2e.test_real_data import _rulebook_in
 from tests.e2e.uninterrupted import (
@@ -26,7 +28,9 @@ from tests.e2e.uninterrupted import (
 
 
 @pytest.mark.data
+@pytest.mark.parametrize("fault", [f"{DROP_POINT}:3", f"{DROP_HEAD_POINT}:1"])
 def test_dropped_records_read_again(
+    fault: str,
     replay_settings: Settings,
     start_worker: Callable[..., WorkerProcess],
     sample_data: Path,
@@ -38,7 +42,6 @@ def test_dropped_records_read_again(
     )
     end_clock = replay_backlog(settings, path)
 
-    fault = f"{DROP_POINT}:3"
     worker = start_worker(settings, extra_env={FAULT_ENV: fault})
     wait_caught_up(worker, settings, end_clock)
 

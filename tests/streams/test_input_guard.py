@@ -106,6 +106,40 @@ async def test_first_record_checked_against_committed() -> None:
     assert broker.calls == [(TP(_TOPIC, 0), 40, 45)]
 
 
+async def test_first_record_without_commit_checked_against_log_start() -> None:
+    broker = _Broker()
+    committed = {TP(_TOPIC, 1): 8}
+    starts = {TP(_TOPIC, 0): 0, TP(_TOPIC, 2): 3}
+    asked: list[TP] = []
+
+    async def log_start(tp: TP) -> int | None:
+        asked.append(tp)
+        return starts.get(tp)
+
+    guard = InputGuard(
+        [_TOPIC], _Seeks(), broker, committed=committed.get, log_start=log_start
+    )
+
+    admitted = await guard.admit(_records(0, [4, 5]) + _records(1, [8]) + _records(2, [3]))
+    guard.processed(admitted)
+    await guard.admit(_records(0, [6]))
+
+    # Partition 0 has nothing committed: its log starts at 0, so 0-3 were skipped.
+    assert [(r.partition, r.offset) for r in admitted] == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (0, 3),
+        (0, 4),
+        (0, 5),
+        (1, 8),
+        (2, 3),
+    ]
+    assert broker.calls == [(TP(_TOPIC, 0), 0, 4)]
+    # Asked once per partition without a commit, and never again once processed.
+    assert asked == [TP(_TOPIC, 0), TP(_TOPIC, 2)]
+
+
 async def test_redelivered_records_pass() -> None:
     guard = InputGuard([_TOPIC], _Seeks(), _Broker())
     guard.processed(await guard.admit(_records(0, range(0, 50))))
