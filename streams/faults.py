@@ -15,9 +15,10 @@ Points, in the order a batch reaches them (see processor.py):
 One more point does not stop the worker: `records_dropped:N` removes
 records from the middle of the N-th batch before the input guard gets it,
 as faust-streaming does when it loses records it fetched. The guard must
-read them again from the broker. `first_records_dropped:N` removes the first
-half of the N-th batch's first topic-partition instead, so that with nothing
-committed yet the gap shows only against the log's first offset.
+read them again from the broker. `first_records_dropped:N` removes, from the
+N-th batch that holds a topic-partition no earlier batch held, the first half
+of that partition's records instead. With nothing committed yet, the gap then
+shows only against the log's first offset.
 """
 
 from __future__ import annotations
