@@ -137,7 +137,7 @@ class TaggerMetrics:
             ),
             gc_pause_seconds=Histogram(
                 "tagger_gc_pause_seconds",
-                "Time the worker's process stood still in Python's garbage collector, by generation.",
+                "Time the worker's process spent paused in Python's garbage collector, by generation.",
                 ["generation"],
                 buckets=_GC_BUCKETS,
                 registry=registry,
