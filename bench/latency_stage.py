@@ -5,7 +5,10 @@ Events shaped like the benchmark input, each stamped with the wall time at
 which it is sent, arrive at a fixed rate paced by the wall clock. Every tag
 change read back is matched to the event that caused it. Its latency runs
 from that event's send to the change being read from the tag-change topic,
-and to the mirror's seq key showing it in Redis. Then carts that are never
+and to the mirror's seq key showing it in Redis. The load's first seconds
+are a warm-up: their events are sent and matched like the others, but left
+out of the figures, because the first batches pay for connections,
+metadata and cold caches. Then carts that are never
 bought measure how late `hesitant` fires after the watermark passes its due
 time.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import os
 import subprocess
@@ -253,6 +257,8 @@ class _LoadResult:
     matched: list[tuple[str, int, float, float]] = field(default_factory=list)
     unmatched: int = 0
     events_with_changes: set[tuple[str, float]] = field(default_factory=set)
+    # Changes of events sent during the warm-up, matched but left out of the figures.
+    warmup_changes: int = 0
 
 
 @dataclass(slots=True)
@@ -275,6 +281,8 @@ class _Session:
     last_change_s: float = 0.0
     stopping: bool = False
     polls: int = 0
+    # Wall time from which sent events count; those sent before are the warm-up.
+    measure_from_s: float = 0.0
 
     def on_change(self, change: dict[str, Any], received_s: float) -> None:
         """Match one tag change to its event, or note when a hesitant tag fired."""
@@ -290,19 +298,29 @@ class _Session:
         if sent_s is None:
             self.load.unmatched += 1
             return
+        if sent_s < self.measure_from_s:
+            self.load.warmup_changes += 1
+            return
         seq = mirror_seq_of_change(str(change["change_id"]))
         self.load.matched.append((customer_id, seq, sent_s, received_s))
         self.load.events_with_changes.add((customer_id, sent_s))
 
 
 def measure_latency(
-    context: Context, *, rate: float, seconds: float, base: list[BaseEvent], timeout_s: float
+    context: Context,
+    *,
+    rate: float,
+    seconds: float,
+    warmup_s: float,
+    base: list[BaseEvent],
+    timeout_s: float,
 ) -> dict[str, Any]:
     """Run the latency stage and return its figures (see the module docstring).
 
     `rate` is the offered load in events/s and `seconds` how long it is
-    offered. The events follow the benchmark input's shape, with its ratio of
-    events to customers.
+    measured, after `warmup_s` seconds of the same load that are left out.
+    The events follow the benchmark input's shape, with its ratio of events
+    to customers.
     """
     settings = _stage_settings(context)
     create_topics(settings)
@@ -312,11 +330,17 @@ def measure_latency(
     try:
         _wait_ready(settings, process, log_path, timeout_s)
         times = ProcessTimes({"worker": process.pid, "bench": os.getpid(), **context.server_pids})
-        planned = math.ceil(rate * seconds)
+        planned = math.ceil(rate * (seconds + warmup_s))
         customers = max(1, round(planned * context.customers / context.events))
         bench_input = BenchInput(base, planned, customers)
         figures = asyncio.run(
-            _measure(settings, bench_input, base, rate=rate, seconds=seconds, times=times)
+            _measure(
+                settings,
+                bench_input,
+                base,
+                load=_Load(rate=rate, seconds=seconds, warmup_s=warmup_s),
+                times=times,
+            )
         )
     finally:
         stop_worker(process, profiled=False)
@@ -360,8 +384,7 @@ async def _measure(
     bench_input: BenchInput,
     base: list[BaseEvent],
     *,
-    rate: float,
-    seconds: float,
+    load: _Load,
     times: ProcessTimes,
 ) -> dict[str, Any]:
     session = _Session(
@@ -390,7 +413,7 @@ async def _measure(
             asyncio.create_task(_consume(session)),
             asyncio.create_task(_poll_redis(session)),
         ]
-        figures = await _offer_load(session, bench_input, rate=rate, seconds=seconds, times=times)
+        figures = await _offer_load(session, bench_input, load, times)
         figures["time_driven"] = await _measure_lateness(session, base)
     finally:
         session.stopping = True
@@ -455,19 +478,30 @@ async def _sample_cpu(times: ProcessTimes) -> None:
 
 
 async def _offer_load(
-    session: _Session, bench_input: BenchInput, *, rate: float, seconds: float, times: ProcessTimes
+    session: _Session, bench_input: BenchInput, load: _Load, times: ProcessTimes
 ) -> dict[str, Any]:
-    """Send events at `rate` for `seconds`, wait for their changes, and return the figures."""
+    """Send events at the load's rate, wait for their changes, and return the figures.
+
+    The bench process's own objects are frozen for the garbage collector
+    first, and its collections during the load are timed: a long one would
+    delay sends and reads, and add to every latency measured meanwhile.
+    """
     topic = session.settings.input_topics[0]
+    gc.collect()
+    gc.freeze()
+    pauses = _GcPauses()
+    gc.callbacks.append(pauses.callback)
     sampler = asyncio.create_task(_sample_cpu(times))
     pending: list[asyncio.Future[Any]] = []
     started = time.monotonic()
+    session.measure_from_s = time.time() + load.warmup_s
+    measured = 0
     try:
         for index, (key, value, _ts) in enumerate(bench_input.records()):
-            delay = started + index / rate - time.monotonic()
+            delay = started + index / load.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if time.monotonic() - started >= seconds:
+            if time.monotonic() - started >= load.warmup_s + load.seconds:
                 break
 
             event = orjson.loads(value)
@@ -475,22 +509,69 @@ async def _offer_load(
             sent_s = time.time()
             event["ts"] = session.events.stamp(customer_id, sent_s)
             pending.append(await session.producer.send(topic, orjson.dumps(event), key=key))
-            session.watch.offer(customer_id, sent_s)
+            if sent_s >= session.measure_from_s:
+                measured += 1
+                session.watch.offer(customer_id, sent_s)
             if len(pending) >= _SEND_WINDOW:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
-        send_seconds = time.monotonic() - started
+        send_seconds = max(0.0, time.monotonic() - started - load.warmup_s)
         cpu = times.shares(send_seconds)
     finally:
         sampler.cancel()
+        gc.callbacks.remove(pauses.callback)
+        gc.unfreeze()
 
     sent = len(session.events)
-    log.info("latency load sent", events=sent, seconds=round(send_seconds, 2))
+    log.info("latency load sent", events=sent, measured=measured, seconds=round(send_seconds, 2))
     histograms = await _drain(session, sent)
-    figures = _load_figures(session, rate=rate, sent=sent, send_seconds=send_seconds, cpu=cpu)
+    figures = _load_figures(
+        session, rate=load.rate, sent=measured, send_seconds=send_seconds, cpu=cpu
+    )
+    figures["warmup"] = {
+        "seconds": load.warmup_s,
+        "events": sent - measured,
+        "changes": session.load.warmup_changes,
+    }
+    figures["bench_gc"] = pauses.summary()
     figures["worker_histograms"] = histograms
     return figures
+
+
+@dataclass(slots=True)
+class _Load:
+    """The offered load: events/s, measured seconds, and warm-up seconds before them."""
+
+    rate: float
+    seconds: float
+    warmup_s: float
+
+
+@dataclass(slots=True)
+class _GcPauses:
+    """The bench process's garbage collections during the load: count, total and longest."""
+
+    started: float = 0.0
+    count: int = 0
+    total_s: float = 0.0
+    longest_s: float = 0.0
+
+    def callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self.started
+        self.count += 1
+        self.total_s += seconds
+        self.longest_s = max(self.longest_s, seconds)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "collections": self.count,
+            "total_ms": round(self.total_s * 1000, 1),
+            "longest_ms": round(self.longest_s * 1000, 1),
+        }
 
 
 async def _drain(session: _Session, sent: int) -> dict[str, Any]:

@@ -249,14 +249,22 @@ def _print_latency(console: Console, figures: dict[str, Any]) -> None:
     if not latency:
         return
     cpu = latency.get("cpu_cores", {})
+    warmup_s = latency.get("warmup", {}).get("seconds", 0)
     console.print(
         f"latency: {latency['offered_events_per_s']:,.0f} events/s offered "
         f"({latency['rate_source']}), {latency['achieved_events_per_s']:,.0f} achieved "
-        f"over {latency['seconds']:.0f} s; CPU worker {_cores(cpu.get('worker'))}, "
+        f"over {latency['seconds']:.0f} s after a warm-up of {warmup_s:.0f} s; "
+        f"CPU worker {_cores(cpu.get('worker'))}, "
         f"load generator {_cores(cpu.get('bench'))}, broker {_cores(cpu.get('broker'))}, "
         f"redis {_cores(cpu.get('redis'))}"
     )
     console.print(f"event to tag change on the topic: {_percentiles(latency['topic'])}")
+    bench_gc = latency.get("bench_gc")
+    if bench_gc:
+        console.print(
+            f"load generator's garbage collections: {bench_gc['collections']}, "
+            f"{bench_gc['total_ms']:,.0f} ms in all, longest {bench_gc['longest_ms']:,.0f} ms"
+        )
     console.print(f"event to tag change in Redis: {_percentiles(latency['redis'])}")
     same = latency["redis"].get("same_changes_on_topic")
     if same:

@@ -129,6 +129,14 @@ def main() -> None:
     help="How long the latency stage offers its load, in seconds.",
 )
 @click.option(
+    "--latency-warmup-seconds",
+    "latency_warmup_s",
+    type=click.FloatRange(min=0.0),
+    default=3.0,
+    show_default=True,
+    help="Seconds of the same load offered first and left out of the latency figures.",
+)
+@click.option(
     "--store",
     type=click.Choice(sorted(_STORES)),
     default="memory",
@@ -212,6 +220,7 @@ def run(
     json_path: Path | None,
     latency_rate: float | None,
     latency_seconds: float,
+    latency_warmup_s: float,
     store: str,
     recovery_store: str | None,
     recovery_tries: tuple[str, ...],
@@ -239,7 +248,7 @@ def run(
         standby_replicas=standby_replicas,
         customer_counts=_parse_counts(customer_counts),
         events_per_customer=events_per_customer,
-        latency=_LatencyLoad(latency_rate, latency_seconds),
+        latency=_LatencyLoad(latency_rate, latency_seconds, latency_warmup_s),
     )
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
@@ -277,10 +286,11 @@ def run(
 
 @dataclass(frozen=True, slots=True)
 class _LatencyLoad:
-    """The latency stage's options: offered events/s (None: derived) and seconds."""
+    """The latency stage's options: offered events/s (None: derived), seconds and warm-up."""
 
     rate: float | None
     seconds: float
+    warmup_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,9 +389,16 @@ def _run_latency(
         rate, rate_source = worker_rate / 2, "half the worker stage"
     elif rate is None:
         rate, rate_source = DEFAULT_RATE, "default"
-    log.info("stage starting", stage="latency", rate=rate, seconds=load.seconds)
+    log.info(
+        "stage starting", stage="latency", rate=rate, seconds=load.seconds, warmup_s=load.warmup_s
+    )
     result = measure_latency(
-        context, rate=rate, seconds=load.seconds, base=base, timeout_s=_STAGE_TIMEOUT_S
+        context,
+        rate=rate,
+        seconds=load.seconds,
+        warmup_s=load.warmup_s,
+        base=base,
+        timeout_s=_STAGE_TIMEOUT_S,
     )
     return {"rate_source": rate_source, **result}
 

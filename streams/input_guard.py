@@ -12,8 +12,9 @@ later redelivery look like a duplicate.
 `InputGuard` sits between Faust and the processor. When a batch's records
 of a topic-partition start after the next offset the processor expects (or,
 first after an assignment, after the committed offset, or after the log's
-first offset when nothing is committed), the guard reads the missing range straight from the broker (`read`) and puts
-those records first, in offset order. Offsets the broker does not have
+first offset when nothing is committed), the guard reads the missing
+range straight from the broker (`read`) and puts those records first, in
+offset order. Offsets the broker does not have
 (compaction, transaction markers, retention) are logged as an accepted gap.
 `commit_limit` keeps Faust's commits at the first record not processed,
 whatever Faust acknowledged.

@@ -6,18 +6,11 @@ and partition. A customer id never becomes a label.
 
 from __future__ import annotations
 
-import gc
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["TaggerMetrics", "watch_gc"]
-
-log = structlog.get_logger(__name__)
+__all__ = ["TaggerMetrics"]
 
 # Batch and event latencies on a loopback broker run from about a millisecond
 # to seconds during recovery or a Redis outage.
@@ -137,7 +130,7 @@ class TaggerMetrics:
             ),
             gc_pause_seconds=Histogram(
                 "tagger_gc_pause_seconds",
-                "Time the worker's process spent paused in Python's garbage collector, by generation.",
+                "Time the worker spent paused in Python's garbage collector, by generation.",
                 ["generation"],
                 buckets=_GC_BUCKETS,
                 registry=registry,
@@ -171,36 +164,3 @@ class TaggerMetrics:
                 registry=registry,
             ),
         )
-
-
-# A collection at least this long is logged: it delays every batch in hand.
-_GC_LOG_S = 0.1
-
-
-def watch_gc(histogram: Histogram) -> Callable[[], None]:
-    """Time every garbage collection into `histogram`; return the function that stops it."""
-    started: list[float] = [0.0]
-    children = [histogram.labels(str(generation)) for generation in range(3)]
-
-    def callback(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-            return
-        seconds = time.perf_counter() - started[0]
-        generation = info.get("generation", 2)
-        children[generation].observe(seconds)
-        if seconds >= _GC_LOG_S:
-            log.info(
-                "long garbage collection",
-                generation=generation,
-                ms=round(seconds * 1000, 1),
-                collected=info.get("collected"),
-            )
-
-    gc.callbacks.append(callback)
-
-    def stop() -> None:
-        if callback in gc.callbacks:
-            gc.callbacks.remove(callback)
-
-    return stop

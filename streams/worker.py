@@ -13,9 +13,9 @@ from tagger.rules.rulebook import Rulebook, load_rulebook
 from tagger.streams.app import TaggerRuntime, TaggerWorker, build_app
 from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
+from tagger.streams.gc_pauses import watch_gc
 from tagger.streams.mirror import MirrorWriter
 from tagger.streams.mirror_marker import MARKER_CHECK_INTERVAL_S, MirrorMarker, marker_key
-from tagger.streams.metrics import watch_gc
 from tagger.streams.recovery_progress import RecoveryMetrics, RecoveryProgress
 from tagger.streams.rulebook_versions import VersionGate, rulebook_text
 from tagger.streams.security import kafka_python_args

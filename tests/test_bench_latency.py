@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from bench.latency_stage import (
     EventTimes,
     MirrorWatch,
+    _worker_histograms,
     mirror_seq_of_change,
     summarise,
-    _worker_histograms,
     watermark_passed_at,
 )
 from tagger.streams.metrics import TaggerMetrics

@@ -6,7 +6,8 @@ import gc
 
 from prometheus_client import CollectorRegistry
 
-from tagger.streams.metrics import TaggerMetrics, watch_gc
+from tagger.streams.gc_pauses import watch_gc
+from tagger.streams.metrics import TaggerMetrics
 
 
 def _count(registry: CollectorRegistry, generation: str) -> float:
@@ -29,9 +30,11 @@ def test_full_collection_is_timed_until_stopped() -> None:
     assert _count(registry, "2") == 1
     assert _count(registry, "0") >= 1
     total = registry.get_sample_value("tagger_gc_pause_seconds_sum", {"generation": "2"})
-    assert total is not None and total > 0
+    assert total is not None
+    assert total > 0
 
     gc.collect()
     # Stopped: the callback is gone, so nothing more is counted.
     assert _count(registry, "2") == 1
     stop()
+

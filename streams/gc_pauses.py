@@ -1,0 +1,52 @@
+"""Time Python's garbage collections in the worker, so that their pauses show in metrics.
+
+A full collection walks every container object in the process and stops
+every batch in hand meanwhile. Measured on a 2-core machine at 840 events/s:
+3 to 4 full collections in 30 s, of 80 to 140 ms each.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from prometheus_client import Histogram
+
+__all__ = ["watch_gc"]
+
+log = structlog.get_logger(__name__)
+
+# A collection at least this long is logged: it delays every batch in hand.
+_GC_LOG_S = 0.1
+
+
+def watch_gc(histogram: Histogram) -> Callable[[], None]:
+    """Time every garbage collection into `histogram`; return the function that stops it."""
+    started: list[float] = [0.0]
+    children = [histogram.labels(str(generation)) for generation in range(3)]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        seconds = time.perf_counter() - started[0]
+        generation = info.get("generation", 2)
+        children[generation].observe(seconds)
+        if seconds >= _GC_LOG_S:
+            log.info(
+                "long garbage collection",
+                generation=generation,
+                ms=round(seconds * 1000, 1),
+                collected=info.get("collected"),
+            )
+
+    gc.callbacks.append(callback)
+
+    def stop() -> None:
+        if callback in gc.callbacks:
+            gc.callbacks.remove(callback)
+
+    return stop
