@@ -229,6 +229,11 @@ def _print_customers(console: Console, customers: dict[str, Any] | None) -> None
             _cores(cpu.get("redis")),
         )
     console.print(table)
+    if customers.get("shape_held") is False:
+        console.print(
+            "note: events per customer differ by more than 10% between the counts, so the "
+            "ratio compares inputs of different shapes"
+        )
     ratio = customers.get("last_over_first")
     console.print(
         f"last count / first: {'-' if ratio is None else f'{ratio:.2f}'} (goal 0.8 or more)"

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["measure_customers", "measure_scale2"]
 
+# Events per customer within this factor of each other count as the same shape.
+_SHAPE_TOLERANCE = 1.1
+
 log = structlog.get_logger(__name__)
 
 _POLL_INTERVAL_S = 0.1
@@ -279,7 +282,17 @@ def measure_customers(
         log.info("customers stage finished", customers=customers, **figures)
         results[str(customers)] = figures
     rates = [results[str(count)]["events_per_s"] for count in counts]
+    shapes = [results[str(count)]["input"]["events_per_customer"] or 0.0 for count in counts]
+    # Short inputs use only part of the samples, and leave some customer ids without events.
+    shape_held = min(shapes) > 0 and max(shapes) <= _SHAPE_TOLERANCE * min(shapes)
+    if not shape_held:
+        log.warning(
+            "events per customer differ between customer counts: the ratio compares inputs "
+            "of different shapes",
+            events_per_customer=shapes,
+        )
     return {
+        "shape_held": shape_held,
         "events": context.events if events_per_customer is None else None,
         "events_per_customer": events_per_customer,
         "by_customers": results,

@@ -155,7 +155,8 @@ def cli() -> None:
 def main() -> None:
     """Run the CLI; a TaggerError becomes one clear message and exit code 2."""
     try:
-        cli.main(standalone_mode=False)
+        # Without standalone mode, Click returns the code of a `click.exceptions.Exit`.
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)
@@ -165,6 +166,8 @@ def main() -> None:
     except TaggerError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(2)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 # -- worker and topics ---------------------------------------------------------
@@ -475,6 +478,14 @@ def _hint_if_no_rulebook(settings: Settings, *, tag: str | None = None) -> bool:
         )
         return False
     known = set(described["tags"])
+    if tag is not None and "{param}" in described["tags"].get(tag, {}).get("en", ""):
+        # Members of a parameterised rule have `<rule>:<value>` tags, never the rule id.
+        err_console.print(
+            f"note: {tag!r} is one tag per value: ask for {tag}:<value>, "
+            f"as `tagger tags CUSTOMER` lists them",
+            highlight=False,
+        )
+        return False
     if tag is None or tag in known or tag.split(":", 1)[0] in known or tag.startswith("manual:"):
         return False
     close = difflib.get_close_matches(tag, sorted(known), n=1)

@@ -1,19 +1,32 @@
-"""`tagger members` against a Redis holding a mirrored rulebook and no members."""
+"""`tagger members` against a Redis holding a mirrored rulebook and no members.
+
+The command runs as `tagger` does, through `main()` in a process of its
+own, so that the exit code is the one a shell gets.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import redis
-from click.testing import CliRunner, Result
 
 from tagger.rules.rulebook import load_rulebook
-from tagger.streams.cli import cli
 from tagger.streams.config import Settings
 from tagger.streams.mirror import write_rulebook
 
 
-def _members(settings: Settings, *args: str) -> Result:
-    env = {key: value for key, value in settings.to_env().items() if value}
-    return CliRunner().invoke(cli, ["members", *args], env=env)
+def _members(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **{key: value for key, value in settings.to_env().items() if value}}
+    return subprocess.run(
+        [sys.executable, "-m", "tagger.streams.cli", "members", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def _mirror_default_rulebook(settings: Settings) -> None:
@@ -30,8 +43,8 @@ def test_misspelt_tag_fails_with_a_suggestion(settings: Settings) -> None:
 
     result = _members(settings, "hesitnt")
 
-    assert result.exit_code == 2
-    assert "the rulebook has no tag 'hesitnt' (did you mean 'hesitant'?)" in result.output
+    assert result.returncode == 2
+    assert "the rulebook has no tag 'hesitnt' (did you mean 'hesitant'?)" in result.stderr
 
 
 def test_known_tag_without_members_succeeds(settings: Settings) -> None:
@@ -39,14 +52,24 @@ def test_known_tag_without_members_succeeds(settings: Settings) -> None:
 
     result = _members(settings, "hesitant")
 
-    assert result.exit_code == 0, result.output
-    assert "0-0 of 0" in result.output
-    assert "no tag" not in result.output
+    assert result.returncode == 0, result.stderr
+    assert "0-0 of 0" in result.stdout
+    assert "no tag" not in result.stderr
+
+
+def test_parameterised_rule_id_gets_a_hint(settings: Settings) -> None:
+    _mirror_default_rulebook(settings)
+
+    result = _members(settings, "browsing_interest")
+
+    assert result.returncode == 0, result.stderr
+    assert "'browsing_interest' is one tag per value" in result.stderr
+    assert "browsing_interest:<value>" in result.stderr
 
 
 def test_without_a_mirrored_rulebook_only_notes(settings: Settings) -> None:
     result = _members(settings, "hesitnt")
 
     # Nothing to check the tag against: the empty page is printed, with a hint.
-    assert result.exit_code == 0, result.output
-    assert "no rulebook labels under prefix" in result.output
+    assert result.returncode == 0, result.stderr
+    assert "no rulebook labels under prefix" in result.stderr

@@ -11,9 +11,7 @@ from tagger.streams.metrics import TaggerMetrics
 
 
 def _count(registry: CollectorRegistry, generation: str) -> float:
-    value = registry.get_sample_value(
-        "tagger_gc_pause_seconds_count", {"generation": generation}
-    )
+    value = registry.get_sample_value("tagger_gc_pause_seconds_count", {"generation": generation})
     return value or 0.0
 
 
@@ -37,4 +35,3 @@ def test_full_collection_is_timed_until_stopped() -> None:
     # Stopped: the callback is gone, so nothing more is counted.
     assert _count(registry, "2") == 1
     stop()
-

@@ -116,9 +116,7 @@ async def test_first_record_without_commit_checked_against_log_start() -> None:
         asked.append(tp)
         return starts.get(tp)
 
-    guard = InputGuard(
-        [_TOPIC], _Seeks(), broker, committed=committed.get, log_start=log_start
-    )
+    guard = InputGuard([_TOPIC], _Seeks(), broker, committed=committed.get, log_start=log_start)
 
     admitted = await guard.admit(_records(0, [4, 5]) + _records(1, [8]) + _records(2, [3]))
     guard.processed(admitted)
