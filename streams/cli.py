@@ -514,14 +514,23 @@ def tail(
     configure_logging("warning", quiet_kafka=True)
     from tagger.streams.readers import tail_changes
 
+    printed = 0
     try:
         for change in tail_changes(
             settings, from_beginning=from_beginning, max_messages=max_messages, timeout_s=timeout_s
         ):
             sys.stdout.write(orjson.dumps(change).decode() + "\n")
             sys.stdout.flush()
+            printed += 1
     except KeyboardInterrupt:
         return
+    if printed == 0 and timeout_s is not None:
+        # On standard error, so that standard output contains JSON lines only.
+        err_console.print(
+            f"no tag changes on {settings.tag_change_topic} within {timeout_s:g} s"
+            + ("" if from_beginning else " (--from-beginning shows earlier ones)"),
+            highlight=False,
+        )
 
 
 # -- erasure -----------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def _run(stack: contextlib.ExitStack, console: Console, options: DemoOptions) ->
     worker.start()
     console.print(
         f"worker: pid {worker.pid}, status at http://127.0.0.1:{settings.web_port}/status, "
-        f"log in {worker.log_path}",
+        f"log in {worker.log_path} (removed when the demo exits)",
         highlight=False,
     )
     with console.status("waiting for the worker to join its consumer group"):
@@ -201,9 +201,8 @@ def _run(stack: contextlib.ExitStack, console: Console, options: DemoOptions) ->
     caught_up_s = time.monotonic() - started
     total_s = report.elapsed_s + caught_up_s
     console.print(
-        f"the worker tagged every event {caught_up_s:.1f} s after the last was sent: "
-        f"{report.events / total_s:,.0f} events/s from the first sent to the last "
-        "tag change in Redis"
+        f"all events tagged and in Redis {caught_up_s:.1f} s after the last was sent, "
+        f"{report.events / total_s:,.0f} events/s from the first send"
     )
 
     summary = summarise(settings, rulebook)
