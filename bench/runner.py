@@ -233,7 +233,7 @@ def run(
 ) -> None:
     """Start the embedded broker and Redis (or use KAFKA_BOOTSTRAP_SERVERS and REDIS_URL),
     produce the input, run each stage and print events/s and ratios."""
-    configure_logging("info")
+    configure_logging("info", quiet_kafka=True)
     if quick:
         events, customers = 100_000, 10_000
     selected = [stage.strip() for stage in stages.split(",") if stage.strip()]
