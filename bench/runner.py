@@ -364,7 +364,10 @@ def _run_stages(
         if stage == "latency":
             # Runs last, so that its rate can follow the worker stage's.
             continue
-        log.info("stage starting", stage=stage, events=context.events)
+        if stage == "customers" and options.events_per_customer is not None:
+            log.info("stage starting", stage=stage, events_per_customer=options.events_per_customer)
+        else:
+            log.info("stage starting", stage=stage, events=context.events)
         if stage in _SCALE_STAGES:
             figures[stage] = scale_runners[stage](context)
             continue
