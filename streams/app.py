@@ -98,19 +98,17 @@ class TaggerRuntime:
         if highwater is None:
             return None
         processed = self.processor.processed_offsets.get((tp.topic, tp.partition))
-        if processed is not None:
-            next_offset = processed + 1
-        else:
+        if processed is None:
             # Nothing processed since this worker got the partition: it starts
-            # at the group's committed offset, which Faust keeps per partition
-            # (a private attribute of faust-streaming 0.15).
-            consumer: Any = self.app.consumer
-            committed = consumer._committed_offset.get(tp)
-            next_offset = int(committed) if committed else 0
-        return max(0, int(highwater) - next_offset)
+            # at the group's committed offset.
+            return max(0, int(highwater) - (self.committed_offset(tp) or 0))
+        return max(0, int(highwater) - (processed + 1))
 
     def committed_offset(self, tp: TP) -> int | None:
-        """Return the group's committed offset of `tp` as Faust last read it, or None."""
+        """Return the group's committed offset of `tp` as Faust last read it, or None.
+
+        Faust keeps it per partition in a private attribute (faust-streaming 0.15).
+        """
         consumer: Any = self.app.consumer
         committed = consumer._committed_offset.get(tp)
         return int(committed) if committed else None
@@ -330,7 +328,7 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
             metrics.mirror_pending.set(mirror.pending_count)
         if gate is not None:
             metrics.rulebook_active.set(1 if gate.is_open else 0)
-        await guard.check_stalled(_stalled_candidates(runtime), runtime.committed_offset)
+        await guard.check_stalled(_stalled_candidates(runtime))
         await processor.tick(runtime.caught_up)
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")

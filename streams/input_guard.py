@@ -110,16 +110,14 @@ class InputGuard:
         # the log's first offset, so records before the first one seen were skipped.
         return await self._log_start(tp)
 
-    async def check_stalled(
-        self, behind: Iterable[TP], committed: Callable[[TP], int | None]
-    ) -> None:
+    async def check_stalled(self, behind: Iterable[TP]) -> None:
         """Seek input partitions that are behind their input yet receive no records.
 
         When Faust resumes its streams it can clear records it fetched after
         its read position moved past them. If nothing was fetched after them,
         no gap ever shows, so the partition would wait forever. Such a
-        partition is sought back to the next offset to process, or to its
-        committed offset, or to its start.
+        partition is sought back to the next offset to process, or to where
+        its first record after the assignment is expected, or to 0.
         """
         now = time.monotonic()
         behind_keys = set()
@@ -131,7 +129,7 @@ class InputGuard:
                 continue
             offset = self.expected.get(key)
             if offset is None:
-                offset = committed(tp) or 0
+                offset = await self._first_offset(tp) or 0
             log.warning(
                 "input partition behind its input receives no records, reading it again",
                 topic=tp.topic,

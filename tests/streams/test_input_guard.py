@@ -110,10 +110,10 @@ async def test_first_record_without_commit_checked_against_log_start() -> None:
     broker = _Broker()
     committed = {TP(_TOPIC, 1): 8}
     starts = {TP(_TOPIC, 0): 0, TP(_TOPIC, 2): 3}
-    asked: list[TP] = []
+    requested: list[TP] = []
 
     async def log_start(tp: TP) -> int | None:
-        asked.append(tp)
+        requested.append(tp)
         return starts.get(tp)
 
     guard = InputGuard([_TOPIC], _Seeks(), broker, committed=committed.get, log_start=log_start)
@@ -134,8 +134,8 @@ async def test_first_record_without_commit_checked_against_log_start() -> None:
         (2, 3),
     ]
     assert broker.calls == [(TP(_TOPIC, 0), 0, 4)]
-    # Asked once per partition without a commit, and never again once processed.
-    assert asked == [TP(_TOPIC, 0), TP(_TOPIC, 2)]
+    # Requested once per partition without a commit, and never again once processed.
+    assert requested == [TP(_TOPIC, 0), TP(_TOPIC, 2)]
 
 
 async def test_redelivered_records_pass() -> None:
@@ -169,16 +169,17 @@ async def test_stalled_partition_sought_to_committed(monkeypatch: pytest.MonkeyP
         seeks,
         _Broker(),
         on_gap=lambda: counted.append("gap"),
+        committed={TP(_TOPIC, 0): 3}.get,
         on_stall=lambda: counted.append("stall"),
     )
     behind = [TP(_TOPIC, 0), TP(_TOPIC, 1)]
     guard.processed(await guard.admit(_records(1, [7])))
     now = time.monotonic()
 
-    await guard.check_stalled(behind, lambda tp: 3)
+    await guard.check_stalled(behind)
     monkeypatch.setattr(time, "monotonic", lambda: now + 11.0)
-    await guard.check_stalled(behind, lambda tp: 3)
-    await guard.check_stalled(behind, lambda tp: 3)
+    await guard.check_stalled(behind)
+    await guard.check_stalled(behind)
 
     # Partition 0 processed nothing: its committed offset; partition 1: the next one.
     assert seeks.calls == [(TP(_TOPIC, 0), 3), (TP(_TOPIC, 1), 8)]
@@ -191,8 +192,8 @@ async def test_caught_up_partition_never_sought(monkeypatch: pytest.MonkeyPatch)
     guard = InputGuard([_TOPIC], seeks, _Broker())
     now = time.monotonic()
 
-    await guard.check_stalled([], lambda tp: None)
+    await guard.check_stalled([])
     monkeypatch.setattr(time, "monotonic", lambda: now + 60.0)
-    await guard.check_stalled([], lambda tp: None)
+    await guard.check_stalled([])
 
     assert seeks.calls == []
