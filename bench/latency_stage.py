@@ -38,6 +38,7 @@ from bench.kafka_io import ProcessTimes
 from bench.worker_stage import get_path, start_worker, stop_worker
 from tagger.rules.rulebook import load_rulebook
 from tagger.streams.config import Settings
+from tagger.streams.gc_pauses import time_collections
 from tagger.streams.mirror_lua import mirror_seq, seq_key
 from tagger.streams.partitioning import partition_for
 
@@ -281,7 +282,7 @@ class _Session:
     last_change_s: float = 0.0
     stopping: bool = False
     polls: int = 0
-    # Wall time from which sent events count; those sent before are the warm-up.
+    # Wall time from which sent events count. Those sent before are the warm-up.
     measure_from_s: float = 0.0
 
     def on_change(self, change: dict[str, Any], received_s: float) -> None:
@@ -490,7 +491,7 @@ async def _offer_load(
     gc.collect()
     gc.freeze()
     pauses = _GcPauses()
-    gc.callbacks.append(pauses.callback)
+    stop_timing = time_collections(pauses.record)
     sampler = asyncio.create_task(_sample_cpu(times))
     pending: list[asyncio.Future[Any]] = []
     started = time.monotonic()
@@ -520,7 +521,7 @@ async def _offer_load(
         cpu = times.shares(send_seconds)
     finally:
         sampler.cancel()
-        gc.callbacks.remove(pauses.callback)
+        stop_timing()
         gc.unfreeze()
 
     sent = len(session.events)
@@ -552,16 +553,11 @@ class _Load:
 class _GcPauses:
     """The bench process's garbage collections during the load: count, total and longest."""
 
-    started: float = 0.0
     count: int = 0
     total_s: float = 0.0
     longest_s: float = 0.0
 
-    def callback(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self.started = time.perf_counter()
-            return
-        seconds = time.perf_counter() - self.started
+    def record(self, _generation: int, seconds: float) -> None:
         self.count += 1
         self.total_s += seconds
         self.longest_s = max(self.longest_s, seconds)
