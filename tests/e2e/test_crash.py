@@ -27,7 +27,6 @@ from tagger.streams.app import BATCH_FAILED_EXIT_CODE
 from tagger.streams.config import Settings
 from tagger.streams.faults import FAULT_ENV, POINTS
 from tagger.streams.worker_process import WorkerProcess
-from tests.e2e.test_real_data import _rulebook_in
 from tests.e2e.uninterrupted import (
     assert_same_as_uninterrupted,
     replay_backlog,
@@ -60,12 +59,8 @@ def test_kill_9_anywhere_changes_nothing(
     sample_data: Path,
     tmp_path: Path,
 ) -> None:
-    path = sample_data / "rees46_multicat_2019-10_head.csv"
     # Small batches give every crash point many chances inside one replay.
-    settings = replay_settings.with_changes(
-        rulebook_path=_rulebook_in("USD", tmp_path), batch_size=400
-    )
-    end_clock = replay_backlog(settings, path)
+    settings, path, end_clock = replay_backlog(replay_settings, sample_data, tmp_path)
 
     plan = _plan(random.Random(_SEED))
     for kind, where in plan:

@@ -19,7 +19,6 @@ import pytest
 from tagger.streams.config import Settings
 from tagger.streams.faults import DROP_HEAD_POINT, DROP_POINT, FAULT_ENV
 from tagger.streams.worker_process import WorkerProcess
-from tests.e2e.test_real_data import _rulebook_in
 from tests.e2e.uninterrupted import (
     assert_same_as_uninterrupted,
     replay_backlog,
@@ -36,11 +35,7 @@ def test_dropped_records_read_again(
     sample_data: Path,
     tmp_path: Path,
 ) -> None:
-    path = sample_data / "rees46_multicat_2019-10_head.csv"
-    settings = replay_settings.with_changes(
-        rulebook_path=_rulebook_in("USD", tmp_path), batch_size=400
-    )
-    end_clock = replay_backlog(settings, path)
+    settings, path, end_clock = replay_backlog(replay_settings, sample_data, tmp_path)
 
     worker = start_worker(settings, extra_env={FAULT_ENV: fault})
     wait_caught_up(worker, settings, end_clock)

@@ -35,16 +35,25 @@ from tests.e2e.helpers import (
     mirror_tags,
     read_topic,
 )
+from tests.e2e.test_real_data import _rulebook_in
 from tests.reference import reference_rees46
 
 _HOUR_MS = 3_600_000
 
 
-def replay_backlog(settings: Settings, path: Path) -> int:
-    """Create the topics, replay the REES46 file at `path` in USD before any worker runs.
+def replay_backlog(
+    replay_settings: Settings, sample_data: Path, tmp_path: Path
+) -> tuple[Settings, Path, int]:
+    """Replay the REES46 sample in USD before any worker runs, for workers with small batches.
 
-    Returns the end clock of the replay.
+    Returns the workers' settings (batches of 400 records, which give faults
+    many batches to hit inside one replay), the sample's path, and the end
+    clock of the replay.
     """
+    path = sample_data / "rees46_multicat_2019-10_head.csv"
+    settings = replay_settings.with_changes(
+        rulebook_path=_rulebook_in("USD", tmp_path), batch_size=400
+    )
     create_topics(settings)
     report = replay_file(
         path,
@@ -55,7 +64,7 @@ def replay_backlog(settings: Settings, path: Path) -> int:
         progress=False,
     )
     assert report.end_clock is not None
-    return report.end_clock
+    return settings, path, report.end_clock
 
 
 def wait_caught_up(worker: WorkerProcess, settings: Settings, end_clock: int) -> None:
