@@ -453,7 +453,7 @@ def members(tag: str, offset: int, limit: int, **options: Any) -> None:
 
 
 def _hint_if_no_rulebook(settings: Settings, *, tag: str | None = None) -> bool:
-    """Explain an empty answer: a wrong Redis URL or prefix, or a misspelt tag.
+    """Explain an empty result: a wrong Redis URL or prefix, or a misspelt tag.
 
     Return True when `tag` is not in the mirrored rulebook.
     """

@@ -15,9 +15,9 @@ Points, in the order a batch reaches them (see processor.py):
 One more point does not stop the worker: `records_dropped:N` removes
 records from the middle of the N-th batch before the input guard gets it,
 as faust-streaming does when it loses records it fetched. The guard must
-read them again from the broker. `first_records_dropped:N` removes, from the
-N-th batch that holds a topic-partition no earlier batch held, the first half
-of that partition's records instead. With nothing committed yet, the gap then
+read them again from the broker. `first_records_dropped:N` instead removes
+the first half of a topic-partition's records, in the N-th batch that
+contains a topic-partition no earlier batch contained. With nothing committed yet, the gap then
 shows only against the log's first offset.
 """
 
@@ -71,6 +71,8 @@ class _Armed:
 
 
 _armed = _Armed()
+# Topic-partitions that `drop_records` has seen a record of while armed.
+_seen: set[tuple[str, int]] = set()
 _setting = os.environ.get(FAULT_ENV, "")
 if _setting:
     _armed.point, _armed.remaining = parse_fault(_setting)
@@ -101,7 +103,7 @@ def drop_records(records: list[Any]) -> list[Any]:
     `records_dropped` drops the second up to the middle record of the batch's
     first topic-partition, so a later record of the same batch shows the gap.
     `first_records_dropped` drops the first half of the records of a
-    topic-partition none of whose records any earlier batch held.
+    topic-partition that no earlier batch contained.
     """
     if _armed.point not in _DROP_POINTS or _armed.remaining <= 0 or not records:
         return records
@@ -131,12 +133,8 @@ def drop_records(records: list[Any]) -> list[Any]:
     return [record for i, record in enumerate(records) if i not in dropped]
 
 
-# Topic-partitions that `drop_records` has seen a record of.
-_seen: set[tuple[str, int]] = set()
-
-
 def _first_new_partition(records: list[Any]) -> Any:
-    """Return the first record of the batch whose topic-partition no earlier batch held."""
+    """Return the first record of the batch whose topic-partition no earlier batch contained."""
     for record in records:
         if (record.topic, record.partition) not in _seen:
             return record
