@@ -16,9 +16,9 @@ One more point does not stop the worker: `records_dropped:N` removes
 records from the middle of the N-th batch before the input guard gets it,
 as faust-streaming does when it loses records it fetched. The guard must
 read them again from the broker. `first_records_dropped:N` instead removes
-the first half of a topic-partition's records, in the N-th batch that
-contains a topic-partition no earlier batch contained. With nothing committed yet, the gap then
-shows only against the log's first offset.
+the first records of a topic-partition in the N-th batch that contains a
+topic-partition no earlier batch contained. With nothing committed yet, the gap
+then shows only against the log's first offset.
 """
 
 from __future__ import annotations
@@ -102,24 +102,26 @@ def drop_records(records: list[Any]) -> list[Any]:
 
     `records_dropped` drops the second up to the middle record of the batch's
     first topic-partition, so a later record of the same batch shows the gap.
-    `first_records_dropped` drops the first half of the records of a
-    topic-partition that no earlier batch contained.
+    `first_records_dropped` drops the first half, and at least one, of the
+    records of a topic-partition that no earlier batch contained. The next
+    record of that partition, in this batch or a later one, shows the gap.
     """
     if _armed.point not in _DROP_POINTS or _armed.remaining <= 0 or not records:
         return records
-    chosen = _first_new_partition(records) if _armed.point == DROP_HEAD_POINT else records[0]
+    head = _armed.point == DROP_HEAD_POINT
+    chosen = _first_new_partition(records) if head else records[0]
     _seen.update((record.topic, record.partition) for record in records)
     if chosen is None:
         return records
     key = (chosen.topic, chosen.partition)
     positions = [i for i, r in enumerate(records) if (r.topic, r.partition) == key]
-    if len(positions) < _MIN_RECORDS_TO_DROP:
+    if not head and len(positions) < _MIN_RECORDS_TO_DROP:
         return records
     _armed.remaining -= 1
     if _armed.remaining > 0:
         return records
-    if _armed.point == DROP_HEAD_POINT:
-        dropped = set(positions[: len(positions) // 2])
+    if head:
+        dropped = set(positions[: max(1, len(positions) // 2)])
     else:
         dropped = set(positions[1 : 1 + len(positions) // 2])
     log.warning(
