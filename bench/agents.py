@@ -5,11 +5,19 @@
 - `faust --mode bare`: a Faust agent that iterates the topic and does nothing else.
 - `faust --mode reference`: a Faust agent that takes batches like the worker,
   decodes each event and writes one Table entry per distinct customer per batch.
+- `faust --mode publishing`: the reference agent that then publishes records
+  in the worker's order: changelog acknowledged first, then the outputs,
+  acknowledged before the next batch. `--outputs-per-event` sets how many,
+  spread evenly over the events, so that the broker carries as many records
+  as the worker's tag changes. The latency stage offers it the worker's
+  load, to measure what Faust and the broker alone add to the latency.
 - `recovery`: a plain Faust app with one Table, the worker's customers table,
   that restores it from the changelog with faust-streaming's default recovery.
 
 The first three write a JSON result (events, seconds from first to last event)
-to `--result`. `recovery` logs `recovery finished` lines as the worker does.
+to `--result`. `publishing` writes no result: it writes `--ready-file` once
+its partitions are assigned and recovered. `recovery` logs `recovery
+finished` lines as the worker does.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from tagger.streams.app import PRODUCER_BUFFER_RECORDS, PRODUCER_LINGER_MS, fetc
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
 from tagger.streams.logs import configure_logging
+from tagger.streams.processor import send_in_order
 from tagger.streams.recovery_progress import RecoveryProgress
 
 log = structlog.get_logger(__name__)
@@ -137,7 +146,7 @@ def _prepare(bootstrap: str, data_dir: Path) -> None:
 
 
 @main.command()
-@click.option("--mode", type=click.Choice(["bare", "reference"]), required=True)
+@click.option("--mode", type=click.Choice(["bare", "reference", "publishing"]), required=True)
 @click.option("--bootstrap", required=True, help="Kafka bootstrap servers, host:port.")
 @click.option("--topic", required=True, help="Input topic.")
 @click.option("--app-id", required=True, help="Faust app id (the consumer group).")
@@ -153,6 +162,20 @@ def _prepare(bootstrap: str, data_dir: Path) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--events", type=int, required=True, help="Events to consume before reporting.")
 @click.option("--result", type=click.Path(path_type=Path), required=True, help="Result file.")
+@click.option("--out-topic", default=None, help="Topic of the published records (publishing).")
+@click.option(
+    "--outputs-per-event",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Records published per event on average (publishing).",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File written once partitions are assigned and recovered (publishing).",
+)
 def faust(
     mode: str,
     bootstrap: str,
@@ -168,8 +191,13 @@ def faust(
     data_dir: Path,
     events: int,
     result: Path,
+    out_topic: str | None,
+    outputs_per_event: float,
+    ready_file: Path | None,
 ) -> None:
-    """Run a bare or reference Faust agent with the worker's app settings until stopped."""
+    """Run a comparison Faust agent with the worker's app settings until stopped."""
+    if mode == "publishing" and (out_topic is None or ready_file is None):
+        raise click.UsageError("--mode publishing needs --out-topic and --ready-file")
     _prepare(bootstrap, data_dir)
     # _prepare turns the end-offset probe on exactly for the embedded Tansu broker.
     TaggerApp.fetch_max_wait_ms = fetch_max_wait_ms(
@@ -236,6 +264,17 @@ def faust(
             async for _value in stream:
                 count(1)
 
+    elif mode == "publishing":
+        assert out_topic is not None and ready_file is not None
+        _add_publishing_agent(
+            app,
+            source,
+            table,
+            take=(batch_size, within),
+            out_topic=out_topic,
+            outputs_per_event=outputs_per_event,
+            ready_file=ready_file,
+        )
     else:
 
         @app.agent(source, name=f"{app_id}.reference")
@@ -255,6 +294,54 @@ def faust(
     worker = TaggerWorker(app, loglevel="info", redirect_stdouts=False, override_logging=False)
     log.info("faust agent starting", mode=mode, app_id=app_id, topic=topic)
     worker.execute_from_commandline()
+
+
+def _add_publishing_agent(
+    app: TaggerApp,
+    source: Any,
+    table: Any,
+    *,
+    take: tuple[int, float],
+    out_topic: str,
+    outputs_per_event: float,
+    ready_file: Path,
+) -> None:
+    """Add the publishing agent to `app`, and write `ready_file` after each rebalance."""
+    batch_size, within = take
+
+    @app.agent(source, name=f"{app.conf.id}.publishing")
+    async def publishing(stream: Any) -> None:
+        # Outputs owed: each event adds `outputs_per_event`, each record sent takes one.
+        owed = 0.0
+        async for batch in stream.take_events(batch_size, within=within):
+            latest: dict[bytes, bytes] = {}
+            outputs: list[tuple[bytes, bytes]] = []
+            for event in batch:
+                decoded = orjson.loads(event.message.value)
+                latest[event.message.key] = decoded["customer_id"].encode()
+                owed += outputs_per_event
+                copies = int(owed)
+                owed -= copies
+                output = {"customer_id": decoded["customer_id"], "at": decoded["ts"]}
+                outputs.extend([(event.message.key, orjson.dumps(output))] * copies)
+            for key, value in latest.items():
+                table[key] = value
+            # The worker's order: states durable before any output is sent.
+            await app.producer.flush()
+            await send_in_order(
+                [
+                    app.producer.send(
+                        out_topic, key, value, partition=None, timestamp=None, headers=None
+                    )
+                    for key, value in outputs
+                ]
+            )
+
+    @app.on_rebalance_complete.connect
+    async def on_ready(sender: Any, **kwargs: Any) -> None:
+        # A few bytes, once per rebalance: not worth a thread.
+        ready_file.write_text("ready\n")  # noqa: ASYNC240
+        log.info("publishing agent ready", app_id=app.conf.id)
 
 
 @main.command()

@@ -11,6 +11,12 @@ out of the figures, because the first batches pay for connections,
 metadata and cold caches. Then carts that are never
 bought measure how late `hesitant` fires after the watermark passes its due
 time.
+
+With `target="publishing"` the same load goes to the publishing Faust agent
+of bench/agents.py instead. It writes one table entry per customer per batch,
+then publishes records after the changelog is acknowledged, as the worker
+does, but runs no rules and writes no Redis. Its latency is what Faust and
+the broker alone add on this machine at this load.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ _HESITANT_AFTER_MS = 30 * 60_000
 # 2 s before its first due time (see `_send_carts`).
 _HESITANT_MARGIN_MS = 3_000
 _FIRE_TIMEOUT_S = 30.0
+# Written by the publishing agent once its partitions are assigned and recovered.
+_READY_FILE = "latency-publishing.ready"
 
 
 def summarise(latencies_s: list[float]) -> dict[str, Any]:
@@ -269,7 +277,8 @@ class _Session:
     settings: Settings
     producer: AIOKafkaProducer
     consumer: AIOKafkaConsumer
-    redis: redis.asyncio.Redis
+    # None when the target writes no Redis (the publishing agent).
+    redis: redis.asyncio.Redis | None
     events: EventTimes = field(default_factory=EventTimes)
     watch: MirrorWatch = field(
         default_factory=lambda: MirrorWatch(limit=_REDIS_WATCH_LIMIT, window_s=_REDIS_WATCH_S)
@@ -284,10 +293,13 @@ class _Session:
     polls: int = 0
     # Wall time from which sent events count. Those sent before are the warm-up.
     measure_from_s: float = 0.0
+    # Every record read from the output topic, matched or not.
+    received: int = 0
 
     def on_change(self, change: dict[str, Any], received_s: float) -> None:
         """Match one tag change to its event, or note when a hesitant tag fired."""
         self.last_change_s = received_s
+        self.received += 1
         customer_id = str(change["customer_id"])
         if customer_id in self.hesitant:
             if change["tag"] == "hesitant" and change["action"] == "added":
@@ -302,7 +314,8 @@ class _Session:
         if sent_s < self.measure_from_s:
             self.load.warmup_changes += 1
             return
-        seq = mirror_seq_of_change(str(change["change_id"]))
+        # The publishing agent's records have no change id, and no Redis to compare.
+        seq = mirror_seq_of_change(str(change["change_id"])) if "change_id" in change else 0
         self.load.matched.append((customer_id, seq, sent_s, received_s))
         self.load.events_with_changes.add((customer_id, sent_s))
 
@@ -315,21 +328,30 @@ def measure_latency(
     warmup_s: float,
     base: list[BaseEvent],
     timeout_s: float,
+    target: str = "worker",
+    outputs_per_event: float = 1.0,
 ) -> dict[str, Any]:
     """Run the latency stage and return its figures (see the module docstring).
 
     `rate` is the offered load in events/s and `seconds` how long it is
     measured, after `warmup_s` seconds of the same load that are left out.
     The events follow the benchmark input's shape, with its ratio of events
-    to customers.
+    to customers. `target` is "worker" or "publishing"; the publishing agent
+    publishes `outputs_per_event` records per event on average.
     """
-    settings = _stage_settings(context)
+    settings = _stage_settings(context, target)
     create_topics(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    log_path = context.workdir / "latency-worker.log"
-    process = start_worker(settings, log_path, profile_output=None)
+    log_path = context.workdir / f"latency-{target}.log"
+    if target == "worker":
+        process = start_worker(settings, log_path, profile_output=None)
+    else:
+        process = _start_publishing(settings, log_path, context.workdir, outputs_per_event)
     try:
-        _wait_ready(settings, process, log_path, timeout_s)
+        if target == "worker":
+            _wait_ready(settings, process, log_path, timeout_s)
+        else:
+            _wait_file(context.workdir / _READY_FILE, process, log_path, timeout_s)
         times = ProcessTimes({"worker": process.pid, "bench": os.getpid(), **context.server_pids})
         planned = math.ceil(rate * (seconds + warmup_s))
         customers = max(1, round(planned * context.customers / context.events))
@@ -341,6 +363,7 @@ def measure_latency(
                 base,
                 load=_Load(rate=rate, seconds=seconds, warmup_s=warmup_s),
                 times=times,
+                worker=target == "worker",
             )
         )
     finally:
@@ -349,11 +372,58 @@ def measure_latency(
     return figures
 
 
-def _stage_settings(context: Context) -> Settings:
+def _stage_settings(context: Context, target: str) -> Settings:
     """Return settings of a live-mode worker on input and output topics of this stage only."""
-    settings = context.worker_settings("latency")
-    prefix = f"{context.run_id}-latency"
+    name = "latency" if target == "worker" else f"latency-{target}"
+    settings = context.worker_settings(name)
+    prefix = f"{context.run_id}-{name}"
     return settings.with_changes(input_topics=(f"{prefix}-events",), clock_mode="live")
+
+
+def _start_publishing(
+    settings: Settings, log_path: Path, workdir: Path, outputs_per_event: float
+) -> subprocess.Popen[bytes]:
+    """Start the publishing Faust agent on the stage's topics.
+
+    The agent writes `_READY_FILE` in `workdir` once its partitions are assigned
+    and recovered.
+    """
+    from bench.runner import faust_agent_command, start_child
+
+    (workdir / _READY_FILE).unlink(missing_ok=True)
+    command = faust_agent_command(
+        "publishing",
+        settings,
+        # Unused: the publishing agent writes no result.
+        events=2**62,
+        result=workdir / "latency-publishing.json",
+        extra=(
+            "--out-topic",
+            settings.tag_change_topic,
+            "--outputs-per-event",
+            str(outputs_per_event),
+            "--ready-file",
+            str(workdir / _READY_FILE),
+        ),
+    )
+    return start_child(command, log_path)
+
+
+def _wait_file(
+    path: Path, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float
+) -> None:
+    """Wait until `process` writes `path`; raise when it exits or the timeout passes."""
+    started = time.monotonic()
+    while time.monotonic() < started + timeout_s:
+        if process.poll() is not None:
+            raise click.ClickException(
+                f"publishing agent exited with code {process.returncode}; see {log_path}"
+            )
+        if path.exists():
+            log.info("publishing agent ready", seconds=round(time.monotonic() - started, 1))
+            return
+        time.sleep(_STATUS_POLL_INTERVAL_S)
+    raise click.ClickException(f"publishing agent was not ready within {timeout_s:.0f} s")
 
 
 def _wait_ready(
@@ -387,6 +457,7 @@ async def _measure(
     *,
     load: _Load,
     times: ProcessTimes,
+    worker: bool,
 ) -> dict[str, Any]:
     session = _Session(
         settings=settings,
@@ -403,19 +474,19 @@ async def _measure(
             fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
             client_id="bench-latency-changes",
         ),
-        redis=redis.asyncio.Redis.from_url(settings.redis_url),
+        redis=redis.asyncio.Redis.from_url(settings.redis_url) if worker else None,
     )
     await session.producer.start()
     await session.consumer.start()
     tasks: list[asyncio.Task[None]] = []
     try:
         await _assign_from_start(session.consumer, settings.tag_change_topic)
-        tasks = [
-            asyncio.create_task(_consume(session)),
-            asyncio.create_task(_poll_redis(session)),
-        ]
+        tasks = [asyncio.create_task(_consume(session))]
+        if worker:
+            tasks.append(asyncio.create_task(_poll_redis(session)))
         figures = await _offer_load(session, bench_input, load, times)
-        figures["time_driven"] = await _measure_lateness(session, base)
+        if worker:
+            figures["time_driven"] = await _measure_lateness(session, base)
     finally:
         session.stopping = True
         for task in tasks:
@@ -423,7 +494,8 @@ async def _measure(
         results = await asyncio.gather(*tasks, return_exceptions=True)
         await session.consumer.stop()
         await session.producer.stop()
-        await session.redis.aclose()
+        if session.redis is not None:
+            await session.redis.aclose()
 
     # A reader that failed would leave the figures short without a sign.
     failures = [result for result in results if isinstance(result, Exception)]
@@ -458,6 +530,7 @@ async def _consume(session: _Session) -> None:
 
 async def _poll_redis(session: _Session) -> None:
     """Read the seq keys of the watched customers in one MGET every poll interval."""
+    assert session.redis is not None
     prefix = session.settings.redis_prefix
     while not session.stopping:
         started = time.monotonic()
@@ -512,7 +585,8 @@ async def _offer_load(
             pending.append(await session.producer.send(topic, orjson.dumps(event), key=key))
             if sent_s >= session.measure_from_s:
                 measured += 1
-                session.watch.offer(customer_id, sent_s)
+                if session.redis is not None:
+                    session.watch.offer(customer_id, sent_s)
             if len(pending) >= _SEND_WINDOW:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -526,7 +600,11 @@ async def _offer_load(
 
     sent = len(session.events)
     log.info("latency load sent", events=sent, measured=measured, seconds=round(send_seconds, 2))
-    histograms = await _drain(session, sent)
+    if session.redis is not None:
+        histograms = await _drain(session, sent)
+    else:
+        histograms = {}
+        await _drain_outputs(session, sent)
     figures = _load_figures(
         session, rate=load.rate, sent=measured, send_seconds=send_seconds, cpu=cpu
     )
@@ -597,6 +675,21 @@ async def _drain(session: _Session, sent: int) -> dict[str, Any]:
     return histograms
 
 
+async def _drain_outputs(session: _Session, sent: int) -> None:
+    """Wait until the publishing agent's record for every event sent was read, or time out."""
+    deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if session.received >= sent and time.time() - session.last_change_s >= _DRAIN_QUIET_S:
+            return
+        await asyncio.sleep(_STATUS_POLL_INTERVAL_S)
+    log.warning(
+        "publishing agent did not publish for every event in time",
+        sent=sent,
+        received=session.received,
+        timeout_s=_DRAIN_TIMEOUT_S,
+    )
+
+
 def _load_figures(
     session: _Session, *, rate: float, sent: int, send_seconds: float, cpu: dict[str, Any]
 ) -> dict[str, Any]:
@@ -616,6 +709,15 @@ def _load_figures(
         else:
             mirrored.append(visible - sent_s)
             same_on_topic.append(received_s - sent_s)
+    redis_figures: dict[str, Any] | None = None
+    if session.redis is not None:
+        redis_figures = {
+            **summarise(mirrored),
+            "watched_customers": len(session.watch),
+            "not_seen": not_seen,
+            "same_changes_on_topic": summarise(same_on_topic),
+            "polls": session.polls,
+        }
     return {
         "offered_events_per_s": round(rate, 1),
         "achieved_events_per_s": round(sent / send_seconds, 1) if send_seconds > 0 else 0.0,
@@ -624,13 +726,7 @@ def _load_figures(
         "events_with_changes": len(session.load.events_with_changes),
         "unmatched_changes": session.load.unmatched,
         "topic": summarise(topic),
-        "redis": {
-            **summarise(mirrored),
-            "watched_customers": len(session.watch),
-            "not_seen": not_seen,
-            "same_changes_on_topic": summarise(same_on_topic),
-            "polls": session.polls,
-        },
+        "redis": redis_figures,
         "cpu_cores": cpu,
     }
 

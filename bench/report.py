@@ -64,6 +64,7 @@ def print_table(figures: dict[str, Any]) -> None:
     _print_scale2(console, figures.get("scale2"))
     _print_customers(console, figures.get("customers"))
     _print_latency(console, figures)
+    _print_faust_latency(console, figures.get("faust_latency"))
 
 
 def _print_state(console: Console, figures: dict[str, Any]) -> None:
@@ -281,3 +282,18 @@ def _print_latency(console: Console, figures: dict[str, Any]) -> None:
             f"after the watermark passed its due time: {_percentiles(fired['after_watermark'])}"
         )
         console.print(f"after the due time itself: {_percentiles(fired['after_due'])}")
+
+
+def _print_faust_latency(console: Console, latency: dict[str, Any] | None) -> None:
+    """Print the latency of the publishing Faust agent under the same load as the worker's."""
+    if not latency:
+        return
+    cpu = latency.get("cpu_cores", {})
+    console.print(
+        f"Faust agent latency: {latency['offered_events_per_s']:,.0f} events/s offered, "
+        f"{latency['achieved_events_per_s']:,.0f} achieved over {latency['seconds']:.0f} s; "
+        f"CPU agent {_cores(cpu.get('worker'))}, load generator {_cores(cpu.get('bench'))}, "
+        f"broker {_cores(cpu.get('broker'))}; {latency.get('outputs_per_event', 1.0):g} records "
+        f"published per event ({latency.get('outputs_source', 'default')})"
+    )
+    console.print(f"event to published record on the topic: {_percentiles(latency['topic'])}")

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,7 +45,9 @@ __all__ = ["main"]
 
 log = structlog.get_logger(__name__)
 
-STAGES = ("raw", "bare", "reference", "worker", "latency", "scale2", "customers")
+STAGES = ("raw", "bare", "reference", "worker", "latency", "faust-latency", "scale2", "customers")
+# Stages that offer a load of their own and run last, at the same rate.
+_LATENCY_STAGES = ("latency", "faust-latency")
 # Stages whose figures are not one consumer's rate, kept beside "stages" in the JSON.
 # They produce inputs of their own and take long, so they run only when named.
 _SCALE_STAGES = ("scale2", "customers")
@@ -112,7 +114,9 @@ def main() -> None:
     "--stages",
     default=",".join(_DEFAULT_STAGES),
     show_default=True,
-    help="Comma-separated stages to run: raw, bare, reference, worker, latency, scale2, customers.",
+    help="Comma-separated stages to run: raw, bare, reference, worker, latency, "
+    "faust-latency (the latency load on a Faust agent that publishes one record per "
+    "event), scale2, customers.",
 )
 @click.option(
     "--latency-rate",
@@ -135,6 +139,14 @@ def main() -> None:
     default=3.0,
     show_default=True,
     help="Seconds of the same load offered first and left out of the latency figures.",
+)
+@click.option(
+    "--faust-latency-outputs",
+    "faust_latency_outputs",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Records the faust-latency stage's agent publishes per event. Default: the "
+    "latency stage's tag changes per event when it ran in the same command, else 1.",
 )
 @click.option(
     "--store",
@@ -221,6 +233,7 @@ def run(
     latency_rate: float | None,
     latency_seconds: float,
     latency_warmup_s: float,
+    faust_latency_outputs: float | None,
     store: str,
     recovery_store: str | None,
     recovery_tries: tuple[str, ...],
@@ -248,7 +261,9 @@ def run(
         standby_replicas=standby_replicas,
         customer_counts=_parse_counts(customer_counts),
         events_per_customer=events_per_customer,
-        latency=_LatencyLoad(latency_rate, latency_seconds, latency_warmup_s),
+        latency=_LatencyLoad(
+            latency_rate, latency_seconds, latency_warmup_s, faust_latency_outputs
+        ),
     )
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="tagger-bench-") as tmp:
@@ -286,11 +301,13 @@ def run(
 
 @dataclass(frozen=True, slots=True)
 class _LatencyLoad:
-    """The latency stage's options: offered events/s (None: derived), seconds and warm-up."""
+    """The latency stages' options: offered events/s (None: derived), seconds, warm-up,
+    and the Faust agent's records per event (None: derived)."""
 
     rate: float | None
     seconds: float
     warmup_s: float
+    outputs_per_event: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +344,7 @@ def _run_stages(
     # The scale and latency stages make their own inputs, so a run of only those
     # skips this one.
     produce_seconds: float | None = None
-    if set(selected) - {*_SCALE_STAGES, "latency"}:
+    if set(selected) - {*_SCALE_STAGES, *_LATENCY_STAGES}:
         produce_seconds = produce(context.bootstrap, context.topic, bench_input.records())
 
     figures: dict[str, Any] = {
@@ -353,6 +370,9 @@ def _run_stages(
         "reference": lambda ctx: _run_faust(ctx, "reference"),
         "worker": lambda ctx: _run_worker(ctx, profile_path),
         "latency": lambda ctx: _run_latency(ctx, figures, base, options.latency),
+        "faust-latency": lambda ctx: _run_latency(
+            ctx, figures, base, options.latency, target="publishing"
+        ),
     }
     scale_runners: dict[str, Callable[[Context], dict[str, Any]]] = {
         "scale2": lambda ctx: _run_scale2(ctx, bench_input, options.standby_replicas),
@@ -361,8 +381,8 @@ def _run_stages(
         ),
     }
     for stage in selected:
-        if stage == "latency":
-            # Runs last, so that its rate can follow the worker stage's.
+        if stage in _LATENCY_STAGES:
+            # Run last, so that their rate can follow the worker stage's.
             continue
         if stage == "customers" and options.events_per_customer is not None:
             log.info("stage starting", stage=stage, events_per_customer=options.events_per_customer)
@@ -380,11 +400,18 @@ def _run_stages(
     if "latency" in selected:
         figures["latency"] = runners["latency"](context)
         log.info("latency measured", **figures["latency"])
+    if "faust-latency" in selected:
+        figures["faust_latency"] = runners["faust-latency"](context)
+        log.info("Faust agent latency measured", **figures["faust_latency"])
     return figures
 
 
 def _run_latency(
-    context: Context, figures: dict[str, Any], base: list[BaseEvent], load: _LatencyLoad
+    context: Context,
+    figures: dict[str, Any],
+    base: list[BaseEvent],
+    load: _LatencyLoad,
+    target: str = "worker",
 ) -> dict[str, Any]:
     rate, rate_source = load.rate, "option"
     worker_rate = figures["stages"].get("worker", {}).get("events_per_s")
@@ -393,8 +420,21 @@ def _run_latency(
     elif rate is None:
         rate, rate_source = DEFAULT_RATE, "default"
     log.info(
-        "stage starting", stage="latency", rate=rate, seconds=load.seconds, warmup_s=load.warmup_s
+        "stage starting",
+        stage="latency",
+        target=target,
+        rate=rate,
+        seconds=load.seconds,
+        warmup_s=load.warmup_s,
     )
+    outputs_per_event, outputs_source = 1.0, "default"
+    worker_latency = figures.get("latency")
+    if load.outputs_per_event is not None:
+        outputs_per_event, outputs_source = load.outputs_per_event, "option"
+    elif target == "publishing" and worker_latency and worker_latency["events"]:
+        # As many records on the broker as the worker's tag changes at this load.
+        outputs_per_event = worker_latency["topic"]["count"] / worker_latency["events"]
+        outputs_source = "the latency stage's tag changes per event"
     result = measure_latency(
         context,
         rate=rate,
@@ -402,7 +442,12 @@ def _run_latency(
         warmup_s=load.warmup_s,
         base=base,
         timeout_s=_STAGE_TIMEOUT_S,
+        target=target,
+        outputs_per_event=outputs_per_event,
     )
+    if target == "publishing":
+        result["outputs_per_event"] = round(outputs_per_event, 3)
+        result["outputs_source"] = outputs_source
     return {"rate_source": rate_source, **result}
 
 
@@ -469,9 +514,10 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _child(
+def start_child(
     command: list[str], log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
+    """Start `command` with its output appended to `log_path`, and log its pid."""
     with log_path.open("ab") as output:
         process = subprocess.Popen(
             command,
@@ -528,7 +574,7 @@ def _rate(events: int, seconds: float) -> float:
 def _run_raw(context: Context) -> dict[str, Any]:
     result = context.workdir / "raw.json"
     log_path = context.workdir / "raw.log"
-    process = _child(
+    process = start_child(
         [
             sys.executable,
             "-m",
@@ -563,46 +609,56 @@ def _run_raw(context: Context) -> dict[str, Any]:
     }
 
 
+def faust_agent_command(
+    mode: str, settings: Settings, *, events: int, result: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """Return the command of a comparison Faust agent with the worker's `settings`.
+
+    `settings.input_topics[0]` is the agent's input topic.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "bench.agents",
+        "faust",
+        "--mode",
+        mode,
+        "--bootstrap",
+        settings.kafka_bootstrap_servers,
+        "--topic",
+        settings.input_topics[0],
+        "--app-id",
+        settings.app_id,
+        "--partitions",
+        str(settings.partitions),
+        "--batch-size",
+        str(settings.batch_size),
+        "--within",
+        str(settings.batch_timeout_s),
+        "--session-timeout",
+        str(settings.broker_session_timeout_s),
+        "--commit-interval",
+        str(settings.commit_interval_s),
+        "--fetch-wait-ms",
+        str(settings.fetch_max_wait_ms),
+        "--web-port",
+        str(settings.web_port),
+        "--data-dir",
+        settings.data_dir,
+        "--events",
+        str(events),
+        "--result",
+        str(result),
+        *extra,
+    ]
+
+
 def _run_faust(context: Context, mode: str) -> dict[str, Any]:
     result = context.workdir / f"{mode}.json"
     log_path = context.workdir / f"{mode}.log"
     settings = context.worker_settings(mode)
-    process = _child(
-        [
-            sys.executable,
-            "-m",
-            "bench.agents",
-            "faust",
-            "--mode",
-            mode,
-            "--bootstrap",
-            context.bootstrap,
-            "--topic",
-            context.topic,
-            "--app-id",
-            settings.app_id,
-            "--partitions",
-            str(context.partitions),
-            "--batch-size",
-            str(settings.batch_size),
-            "--within",
-            str(settings.batch_timeout_s),
-            "--session-timeout",
-            str(settings.broker_session_timeout_s),
-            "--commit-interval",
-            str(settings.commit_interval_s),
-            "--fetch-wait-ms",
-            str(settings.fetch_max_wait_ms),
-            "--web-port",
-            str(settings.web_port),
-            "--data-dir",
-            settings.data_dir,
-            "--events",
-            str(context.events),
-            "--result",
-            str(result),
-        ],
-        log_path,
+    process = start_child(
+        faust_agent_command(mode, settings, events=context.events, result=result), log_path
     )
     times = ProcessTimes({"consumer": process.pid, **context.server_pids})
     try:

@@ -8,11 +8,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from bench.latency_stage import (
     EventTimes,
     MirrorWatch,
+    _load_figures,
+    _Session,
     _worker_histograms,
     mirror_seq_of_change,
     summarise,
     watermark_passed_at,
 )
+from tagger.streams.config import Settings
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.mirror_lua import mirror_seq
 
@@ -126,3 +129,19 @@ def test_worker_histograms_split_gc_by_generation() -> None:
     assert figures["gc_2"]["p99_at_most_ms"] == 100.0
     # A generation with no series (never labelled) is left out.
     assert "gc_1" not in figures
+
+
+def test_publishing_agent_records_matched() -> None:
+    # The publishing Faust agent's records carry no change id, and it writes no Redis.
+    session = _Session(settings=Settings(), producer=None, consumer=None, redis=None)  # type: ignore[arg-type]
+    at = session.events.stamp("c1", 100.0)
+
+    session.on_change({"customer_id": "c1", "at": at}, 100.02)
+    session.on_change({"customer_id": "c9", "at": 5}, 100.03)
+    figures = _load_figures(session, rate=1.0, sent=1, send_seconds=1.0, cpu={})
+
+    assert session.received == 2
+    assert figures["unmatched_changes"] == 1
+    assert figures["topic"]["count"] == 1
+    assert figures["topic"]["p50_ms"] == 20.0
+    assert figures["redis"] is None
