@@ -76,6 +76,8 @@ class Context:
     store: str = "memory://"
     # TAGGER_FETCH_MAX_WAIT_MS of the worker and the Faust agents; 0 is the worker's default.
     fetch_wait_ms: int = 0
+    # Rulebook of every worker; None is the default rulebook.
+    rulebook_path: str | None = None
 
     def worker_settings(self, name: str) -> Settings:
         """Return settings of a worker reading the benchmark input in replay clock mode."""
@@ -95,6 +97,7 @@ class Context:
             broker_session_timeout_s=_SESSION_TIMEOUT_S,
             log_level="info",
             fetch_max_wait_ms=self.fetch_wait_ms,
+            rulebook_path=self.rulebook_path,
             extra={"store": self.store},
         ).validated()
 
@@ -221,6 +224,14 @@ def main() -> None:
     "0 is the worker's default (10 ms on the embedded broker, else Faust's 1,500).",
 )
 @click.option(
+    "--rulebook",
+    "rulebook_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Rulebook of every worker stage instead of the default one, such as "
+    "bench/rulebooks/idle.yaml (one rule that never fires).",
+)
+@click.option(
     "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write figures."
 )
 def run(
@@ -243,6 +254,7 @@ def run(
     customer_counts: str,
     events_per_customer: float | None,
     fetch_wait_ms: int,
+    rulebook_path: Path | None,
 ) -> None:
     """Start the embedded broker and Redis (or use KAFKA_BOOTSTRAP_SERVERS and REDIS_URL),
     produce the input, run each stage and print events/s and ratios."""
@@ -290,6 +302,7 @@ def run(
             server_pids=pids,
             store=_STORES[store],
             fetch_wait_ms=fetch_wait_ms,
+            rulebook_path=None if rulebook_path is None else str(rulebook_path.resolve()),
         )
         figures = _run_stages(context, selected, profile_path, options)
 
@@ -361,6 +374,7 @@ def _run_stages(
                 round(context.events / produce_seconds) if produce_seconds else None
             ),
             "store": context.store,
+            "rulebook": context.rulebook_path or "default",
         },
         "stages": {},
     }
