@@ -367,7 +367,9 @@ def measure_latency(
             )
         )
     finally:
-        stop_worker(process, profiled=False)
+        stop_worker(
+            process, profiled=False, what="worker" if target == "worker" else "publishing agent"
+        )
     figures["customers"] = customers
     return figures
 

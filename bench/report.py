@@ -293,7 +293,7 @@ def _print_faust_latency(console: Console, latency: dict[str, Any] | None) -> No
         f"Faust agent latency: {latency['offered_events_per_s']:,.0f} events/s offered, "
         f"{latency['achieved_events_per_s']:,.0f} achieved over {latency['seconds']:.0f} s; "
         f"CPU agent {_cores(cpu.get('worker'))}, load generator {_cores(cpu.get('bench'))}, "
-        f"broker {_cores(cpu.get('broker'))}; {latency.get('outputs_per_event', 1.0):g} records "
-        f"published per event ({latency.get('outputs_source', 'default')})"
+        f"broker {_cores(cpu.get('broker'))}; records published per event: "
+        f"{latency.get('outputs_per_event', 1.0):g} ({latency.get('outputs_source', 'default')})"
     )
     console.print(f"event to published record on the topic: {_percentiles(latency['topic'])}")

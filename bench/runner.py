@@ -118,14 +118,14 @@ def main() -> None:
     default=",".join(_DEFAULT_STAGES),
     show_default=True,
     help="Comma-separated stages to run: raw, bare, reference, worker, latency, "
-    "faust-latency (the latency load on a Faust agent that publishes one record per "
-    "event), scale2, customers.",
+    "faust-latency (the latency load on a Faust agent that publishes in the worker's "
+    "order, see --faust-latency-outputs), scale2, customers.",
 )
 @click.option(
     "--latency-rate",
     type=click.FloatRange(min=1.0),
     default=None,
-    help="Offered load of the latency stage in events/s. Default: half the worker "
+    help="Offered load of both latency stages in events/s. Default: half the worker "
     f"stage's events/s when it ran in the same command, else {DEFAULT_RATE:.0f}.",
 )
 @click.option(
@@ -133,7 +133,7 @@ def main() -> None:
     type=click.FloatRange(min=1.0),
     default=30.0,
     show_default=True,
-    help="How long the latency stage offers its load, in seconds.",
+    help="How long each latency stage offers its load, in seconds.",
 )
 @click.option(
     "--latency-warmup-seconds",
@@ -264,7 +264,9 @@ def run(
     selected = [stage.strip() for stage in stages.split(",") if stage.strip()]
     unknown = sorted(set(selected) - set(STAGES))
     if unknown:
-        raise click.BadParameter(f"unknown stages {unknown}: use {', '.join(STAGES)}")
+        raise click.BadParameter(
+            f"unknown stages {unknown}: use {', '.join(STAGES)}", param_hint="'--stages'"
+        )
     options = _ScaleOptions(
         recovery_store=_STORES[recovery_store or store],
         variants=[Variant.parse(text) for text in recovery_tries],
@@ -435,8 +437,7 @@ def _run_latency(
         rate, rate_source = DEFAULT_RATE, "default"
     log.info(
         "stage starting",
-        stage="latency",
-        target=target,
+        stage="latency" if target == "worker" else "faust-latency",
         rate=rate,
         seconds=load.seconds,
         warmup_s=load.warmup_s,

@@ -215,15 +215,18 @@ def _input_lag(status: dict[str, Any] | None, context: Context) -> int | None:
     return total
 
 
-def stop_worker(process: subprocess.Popen[bytes], profiled: bool) -> None:
-    """Stop the worker with SIGTERM (py-spy then writes its profile and exits too)."""
+def stop_worker(process: subprocess.Popen[bytes], profiled: bool, what: str = "worker") -> None:
+    """Stop the worker with SIGTERM (py-spy then writes its profile and exits too).
+
+    `what` names the process in the log lines, for the Faust apps stopped the same way.
+    """
     target = worker_pid(process, profiled) if profiled else process.pid
     if target is not None and process.poll() is None:
         os.kill(target, signal.SIGTERM)
     try:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        log.warning("worker did not stop in time, killing", pid=process.pid)
+        log.warning(f"{what} did not stop in time, killing", pid=process.pid)
         process.kill()
         process.wait()
-    log.info("worker stopped", pid=process.pid, returncode=process.returncode)
+    log.info(f"{what} stopped", pid=process.pid, returncode=process.returncode)

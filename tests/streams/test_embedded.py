@@ -133,7 +133,7 @@ def test_parent_interrupt_stops_children() -> None:
     assert alive == []
 
 
-def test_killed_parent_leaves_no_orphan() -> None:
+def test_killed_parent_leaves_no_orphan(tmp_path: Path) -> None:
     """A parent killed with SIGKILL runs no cleanup, so the kernel must stop the children."""
     script = textwrap.dedent(
         """
@@ -144,7 +144,8 @@ def test_killed_parent_leaves_no_orphan() -> None:
         time.sleep(60)
         """
     )
-    with _python_script(script) as (parent, output):
+    # The killed parent cannot remove Redis's temporary folder, so it goes under tmp_path.
+    with _python_script(script, tmpdir=tmp_path) as (parent, output):
         (child_pid,) = _read_numbers(output, "PIDS")
 
         parent.kill()
@@ -154,10 +155,20 @@ def test_killed_parent_leaves_no_orphan() -> None:
 
 
 @contextlib.contextmanager
-def _python_script(script: str) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
-    """Run `script` in a new interpreter; kill it on the way out whatever happened."""
+def _python_script(
+    script: str, tmpdir: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
+    """Run `script` in a new interpreter; kill it on the way out whatever happened.
+
+    `tmpdir` becomes the script's TMPDIR, where its temporary folders go.
+    """
+    env = None if tmpdir is None else {**os.environ, "TMPDIR": str(tmpdir)}
     process = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     assert process.stdout is not None
     try:
