@@ -83,7 +83,14 @@ def _print_state(console: Console, figures: dict[str, Any]) -> None:
             console.print(f"largest state fields, mean bytes per customer: {shown}")
         rss = state.get("rss_bytes_per_100k_customers")
         if rss is not None:
-            console.print(f"worker RSS per 100,000 customers: {rss / 1e6:,.0f} MB")
+            console.print(
+                f"worker RSS, scaled to 100,000 customers with its base: {rss / 1e6:,.0f} MB"
+            )
+        growth = state.get("rss_growth_per_100k_customers")
+        if growth is not None:
+            console.print(
+                f"worker RSS growth per 100,000 customers, from its start: {growth / 1e6:,.0f} MB"
+            )
     recovery = figures.get("recovery")
     if recovery:
         console.print(

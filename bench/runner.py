@@ -471,7 +471,10 @@ def _run_state(context: Context, figures: dict[str, Any], options: _ScaleOptions
     from bench.state_stage import measure_recovery, measure_state
 
     settings = context.worker_settings("worker")
-    figures["state"] = measure_state(settings, figures["stages"]["worker"].get("rss_bytes"))
+    worker = figures["stages"]["worker"]
+    figures["state"] = measure_state(
+        settings, worker.get("rss_bytes"), rss_at_start=worker.get("rss_bytes_at_start")
+    )
     log.info("state measured", **figures["state"])
     # The changelog is the same whatever store wrote it, so both recoveries may use another.
     settings = dataclasses.replace(settings, extra={"store": options.recovery_store})

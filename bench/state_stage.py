@@ -77,11 +77,15 @@ def dir_bytes(path: Path) -> int:
     return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
 
 
-def measure_state(settings: Settings, worker_rss_bytes: int | None) -> dict[str, Any]:
+def measure_state(
+    settings: Settings, worker_rss_bytes: int | None, *, rss_at_start: int | None = None
+) -> dict[str, Any]:
     """Read the customers changelog from the start and return its size figures.
 
     Bytes per customer are key plus value bytes of the last record of each
     key. A record with a null value (a tombstone) deletes its customer.
+    `worker_rss_bytes` is the worker's RSS at the end of its stage and
+    `rss_at_start` when it started consuming, which give the growth per customer.
     The local store's size is the worker's data folder after it stopped:
     RocksDB files with `rocksdb://`, next to nothing with `memory://`.
     """
@@ -147,8 +151,12 @@ def measure_state(settings: Settings, worker_rss_bytes: int | None) -> dict[str,
             "max": sizes[-1],
         }
         if worker_rss_bytes is not None:
-            # The whole process's RSS, baseline included, scaled linearly.
+            # The whole process's RSS, base included, scaled linearly: an
+            # overestimate below 100,000 customers.
             figures["rss_bytes_per_100k_customers"] = round(worker_rss_bytes * 100_000 / len(sizes))
+        if worker_rss_bytes is not None and rss_at_start is not None:
+            growth = worker_rss_bytes - rss_at_start
+            figures["rss_growth_per_100k_customers"] = round(growth * 100_000 / len(sizes))
         figures["field_bytes_per_customer"] = _field_bytes(latest.values())
     log.info("changelog read", topic=topic, records=records, customers=len(sizes))
     return figures

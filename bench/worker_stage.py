@@ -162,6 +162,7 @@ def _follow(
     started = time.monotonic()
     times: ProcessTimes | None = None
     first_poll: tuple[float, int] | None = None
+    rss_at_start: int | None = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise click.ClickException(
@@ -176,6 +177,7 @@ def _follow(
         lag = _input_lag(status, context)
         if first_poll is None and lag is not None:
             first_poll = (time.monotonic(), lag)
+            rss_at_start = rss_bytes(worker_pid(process, profiled))
             log.info("worker assigned", lag=lag, join_seconds=round(first_poll[0] - started, 1))
         done = first_poll is not None and status is not None
         if done and caught_up_to(status, end_clock=None, partitions=context.partitions):
@@ -195,6 +197,9 @@ def _follow(
         "join_seconds": round(first_poll[0] - started, 1),
         "cpu_cores": times.shares(seconds),
         "rss_bytes": rss_bytes(worker_pid(process, profiled)),
+        # At the first poll with every partition assigned and recovered, when
+        # consuming starts: the process's base, before its tables hold customers.
+        "rss_bytes_at_start": rss_at_start,
         "counters": totals,
     }
 
