@@ -112,7 +112,11 @@ def main() -> None:
 @click.option(
     "--customers", type=int, default=100_000, show_default=True, help="Distinct customers."
 )
-@click.option("--quick", is_flag=True, help="Shortcut for --events 100000 --customers 10000.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Shortcut for --events 100000 --customers 10000; overrides both options.",
+)
 @click.option(
     "--stages",
     default=",".join(_DEFAULT_STAGES),
@@ -232,7 +236,11 @@ def main() -> None:
     "bench/rulebooks/idle.yaml (one rule that never fires).",
 )
 @click.option(
-    "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write figures."
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write every figure, with the date, machine and input, to this JSON file.",
 )
 def run(
     events: int,

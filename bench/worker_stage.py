@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 _POLL_INTERVAL_S = 0.1
 # py-spy samples this many times a second (its default is 100).
 _PROFILE_RATE = 100
+# Error lines of the worker log shown when the worker counted errors.
+_ERROR_LINES_SHOWN = 5
 _COUNTER = re.compile(r"^(tagger_[a-z_]+_total)(?:\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
 
 
@@ -99,10 +101,28 @@ def measure_worker(
         figures = _follow(context, settings, process, profile_path is not None, timeout_s)
     finally:
         stop_worker(process, profile_path is not None)
+    errors = figures["counters"].get("tagger_errors_total", 0)
+    if errors:
+        # The work folder and the worker's log go when the run ends, so show why here.
+        log.warning(
+            "worker counted errors during the stage",
+            errors=int(errors),
+            last_lines=_error_lines(log_path)[-_ERROR_LINES_SHOWN:],
+        )
     if profile_path is not None:
         profile_path.write_bytes(raw_profile.read_bytes())
         figures["profile"] = summarise_profile(profile_path)
     return figures
+
+
+def _error_lines(log_path: Path) -> list[str]:
+    """Return the worker log's lines at level error or critical, in console or JSON form."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    marks = ("[error", "[critical", '"level": "error"', '"level": "critical"')
+    return [line for line in text.splitlines() if any(mark in line for mark in marks)]
 
 
 def profiled_command(command: list[str], profile_output: Path) -> list[str]:

@@ -80,12 +80,17 @@ class Ev:
     tag: str | None = None
 
 
-def sample_data_dir() -> Path | None:
-    """Return the sample data folder (TAGGER_SAMPLE_DATA, else shared/data beside the repo)."""
+def sample_data_path() -> Path:
+    """Return where sample data belongs: TAGGER_SAMPLE_DATA, else shared/data beside the repo."""
     configured = os.environ.get("TAGGER_SAMPLE_DATA")
-    folder = (
-        Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
-    )
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def sample_data_dir() -> Path | None:
+    """Return the sample data folder, or None when it is absent."""
+    folder = sample_data_path()
     return folder if folder.is_dir() else None
 
 

@@ -22,6 +22,7 @@ from reference import (
     reference_taobao,
     reference_uci,
     sample_data_dir,
+    sample_data_path,
     taobao_cart_then_buy,
     uci_facts,
 )
@@ -41,7 +42,9 @@ T0 = 1_700_000_000_000
 def data_file(name: str) -> Path:
     folder = sample_data_dir()
     if folder is None:
-        pytest.skip("sample data folder is absent: set TAGGER_SAMPLE_DATA to a folder holding it")
+        pytest.skip(
+            f"sample data folder {sample_data_path()} is absent: set TAGGER_SAMPLE_DATA to use it"
+        )
     return folder / name
 
 
