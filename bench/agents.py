@@ -160,8 +160,12 @@ def _prepare(bootstrap: str, data_dir: Path) -> None:
 )
 @click.option("--web-port", type=int, required=True, help="Port of the Faust web server.")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--events", type=int, required=True, help="Events to consume before reporting.")
-@click.option("--result", type=click.Path(path_type=Path), required=True, help="Result file.")
+@click.option(
+    "--events", type=int, default=None, help="Events to consume before reporting (bare, reference)."
+)
+@click.option(
+    "--result", type=click.Path(path_type=Path), default=None, help="Result file (bare, reference)."
+)
 @click.option("--out-topic", default=None, help="Topic of the published records (publishing).")
 @click.option(
     "--outputs-per-event",
@@ -189,8 +193,8 @@ def faust(
     fetch_wait_ms: int,
     web_port: int,
     data_dir: Path,
-    events: int,
-    result: Path,
+    events: int | None,
+    result: Path | None,
     out_topic: str | None,
     outputs_per_event: float,
     ready_file: Path | None,
@@ -198,6 +202,8 @@ def faust(
     """Run a comparison Faust agent with the worker's app settings until stopped."""
     if mode == "publishing" and (out_topic is None or ready_file is None):
         raise click.UsageError("--mode publishing needs --out-topic and --ready-file")
+    if mode != "publishing" and (events is None or result is None):
+        raise click.UsageError(f"--mode {mode} needs --events and --result")
     _prepare(bootstrap, data_dir)
     # _prepare turns the end-offset probe on exactly for the embedded Tansu broker.
     TaggerApp.fetch_max_wait_ms = fetch_max_wait_ms(
@@ -252,6 +258,7 @@ def faust(
             progress["first"] = time.monotonic()
         before = progress["count"]
         progress["count"] = before + done
+        assert events is not None and result is not None
         if before < events <= progress["count"]:
             seconds = time.monotonic() - progress["first"]
             log.info("faust agent consumed every event", mode=mode, seconds=round(seconds, 2))
@@ -270,7 +277,8 @@ def faust(
             app,
             source,
             table,
-            take=(batch_size, within),
+            batch_size=batch_size,
+            within=within,
             out_topic=out_topic,
             outputs_per_event=outputs_per_event,
             ready_file=ready_file,
@@ -296,34 +304,52 @@ def faust(
     worker.execute_from_commandline()
 
 
+class OutputSpread:
+    """Records to publish per event, spread evenly so that they average `per_event`."""
+
+    def __init__(self, per_event: float) -> None:
+        self.per_event = per_event
+        # Records owed: each event adds `per_event`, each record published takes one.
+        self._owed = 0.0
+
+    def next_event(self) -> int:
+        """Return how many records the next event publishes."""
+        self._owed += self.per_event
+        records = int(self._owed)
+        self._owed -= records
+        return records
+
+    @classmethod
+    def total(cls, events: int, per_event: float) -> int:
+        """Return how many records `events` events publish in all."""
+        spread = cls(per_event)
+        return sum(spread.next_event() for _ in range(events))
+
+
 def _add_publishing_agent(
     app: TaggerApp,
     source: Any,
     table: Any,
     *,
-    take: tuple[int, float],
+    batch_size: int,
+    within: float,
     out_topic: str,
     outputs_per_event: float,
     ready_file: Path,
 ) -> None:
     """Add the publishing agent to `app`, and write `ready_file` after each rebalance."""
-    batch_size, within = take
+    spread = OutputSpread(outputs_per_event)
 
     @app.agent(source, name=f"{app.conf.id}.publishing")
     async def publishing(stream: Any) -> None:
-        # Outputs owed: each event adds `outputs_per_event`, each record sent takes one.
-        owed = 0.0
         async for batch in stream.take_events(batch_size, within=within):
             latest: dict[bytes, bytes] = {}
             outputs: list[tuple[bytes, bytes]] = []
             for event in batch:
                 decoded = orjson.loads(event.message.value)
                 latest[event.message.key] = decoded["customer_id"].encode()
-                owed += outputs_per_event
-                copies = int(owed)
-                owed -= copies
                 output = {"customer_id": decoded["customer_id"], "at": decoded["ts"]}
-                outputs.extend([(event.message.key, orjson.dumps(output))] * copies)
+                outputs.extend([(event.message.key, orjson.dumps(output))] * spread.next_event())
             for key, value in latest.items():
                 table[key] = value
             # The worker's order: states durable before any output is sent.

@@ -39,6 +39,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.agents import OutputSpread
 from bench.data import BaseEvent, BenchInput
 from bench.kafka_io import ProcessTimes
 from bench.worker_stage import get_path, start_worker, stop_worker
@@ -295,6 +296,8 @@ class _Session:
     measure_from_s: float = 0.0
     # Every record read from the output topic, matched or not.
     received: int = 0
+    # Records the publishing agent sends per event; unused for the worker.
+    outputs_per_event: float = 1.0
 
     def on_change(self, change: dict[str, Any], received_s: float) -> None:
         """Match one tag change to its event, or note when a hesitant tag fired."""
@@ -364,11 +367,12 @@ def measure_latency(
                 load=_Load(rate=rate, seconds=seconds, warmup_s=warmup_s),
                 times=times,
                 worker=target == "worker",
+                outputs_per_event=outputs_per_event,
             )
         )
     finally:
         stop_worker(
-            process, profiled=False, what="worker" if target == "worker" else "publishing agent"
+            process, profiled=False, label="worker" if target == "worker" else "publishing agent"
         )
     figures["customers"] = customers
     return figures
@@ -396,9 +400,6 @@ def _start_publishing(
     command = faust_agent_command(
         "publishing",
         settings,
-        # Unused: the publishing agent writes no result.
-        events=2**62,
-        result=workdir / "latency-publishing.json",
         extra=(
             "--out-topic",
             settings.tag_change_topic,
@@ -460,6 +461,7 @@ async def _measure(
     load: _Load,
     times: ProcessTimes,
     worker: bool,
+    outputs_per_event: float,
 ) -> dict[str, Any]:
     session = _Session(
         settings=settings,
@@ -477,6 +479,7 @@ async def _measure(
             client_id="bench-latency-changes",
         ),
         redis=redis.asyncio.Redis.from_url(settings.redis_url) if worker else None,
+        outputs_per_event=outputs_per_event,
     )
     await session.producer.start()
     await session.consumer.start()
@@ -678,15 +681,21 @@ async def _drain(session: _Session, sent: int) -> dict[str, Any]:
 
 
 async def _drain_outputs(session: _Session, sent: int) -> None:
-    """Wait until the publishing agent's record for every event sent was read, or time out."""
+    """Wait until every record the publishing agent owes for the events sent was read.
+
+    The agent spreads its records over the events as `OutputSpread` does, so
+    the count it owes for `sent` events is known exactly.
+    """
+    expected = OutputSpread.total(sent, session.outputs_per_event)
     deadline = time.monotonic() + _DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
-        if session.received >= sent and time.time() - session.last_change_s >= _DRAIN_QUIET_S:
+        if session.received >= expected and time.time() - session.last_change_s >= _DRAIN_QUIET_S:
             return
         await asyncio.sleep(_STATUS_POLL_INTERVAL_S)
     log.warning(
-        "publishing agent did not publish for every event in time",
+        "publishing agent did not publish every record in time",
         sent=sent,
+        expected=expected,
         received=session.received,
         timeout_s=_DRAIN_TIMEOUT_S,
     )

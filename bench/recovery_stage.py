@@ -155,7 +155,7 @@ def measure_faust_recovery(
         cpu = recovery_cpu(times, finished)
         rss = rss_bytes(worker_pid(process, profiled))
     finally:
-        stop_worker(process, profiled, what="plain Faust app")
+        stop_worker(process, profiled, label="plain Faust app")
     return {
         "store": str(settings.extra.get("store", "memory://")),
         "seconds_to_finished": round(seconds, 2),

@@ -636,12 +636,21 @@ def _run_raw(context: Context) -> dict[str, Any]:
 
 
 def faust_agent_command(
-    mode: str, settings: Settings, *, events: int, result: Path, extra: Sequence[str] = ()
+    mode: str,
+    settings: Settings,
+    *,
+    events: int | None = None,
+    result: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """Return the command of a comparison Faust agent with the worker's `settings`.
 
-    `settings.input_topics[0]` is the agent's input topic.
+    `settings.input_topics[0]` is the agent's input topic. `events` and
+    `result` are for the agents that report a count, and are left out when None.
     """
+    reporting = []
+    if events is not None and result is not None:
+        reporting = ["--events", str(events), "--result", str(result)]
     return [
         sys.executable,
         "-m",
@@ -671,10 +680,7 @@ def faust_agent_command(
         str(settings.web_port),
         "--data-dir",
         settings.data_dir,
-        "--events",
-        str(events),
-        "--result",
-        str(result),
+        *reporting,
         *extra,
     ]
 

@@ -240,10 +240,10 @@ def _input_lag(status: dict[str, Any] | None, context: Context) -> int | None:
     return total
 
 
-def stop_worker(process: subprocess.Popen[bytes], profiled: bool, what: str = "worker") -> None:
+def stop_worker(process: subprocess.Popen[bytes], profiled: bool, label: str = "worker") -> None:
     """Stop the worker with SIGTERM (py-spy then writes its profile and exits too).
 
-    `what` names the process in the log lines, for the Faust apps stopped the same way.
+    `label` names the process in the log lines, for the Faust apps stopped the same way.
     """
     target = worker_pid(process, profiled) if profiled else process.pid
     if target is not None and process.poll() is None:
@@ -251,7 +251,7 @@ def stop_worker(process: subprocess.Popen[bytes], profiled: bool, what: str = "w
     try:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        log.warning(f"{what} did not stop in time, killing", pid=process.pid)
+        log.warning(f"{label} did not stop in time, killing", pid=process.pid)
         process.kill()
         process.wait()
-    log.info(f"{what} stopped", pid=process.pid, returncode=process.returncode)
+    log.info(f"{label} stopped", pid=process.pid, returncode=process.returncode)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from bench.agents import OutputSpread
 from bench.latency_stage import (
     EventTimes,
     MirrorWatch,
@@ -145,3 +146,12 @@ def test_publishing_agent_records_matched() -> None:
     assert figures["topic"]["count"] == 1
     assert figures["topic"]["p50_ms"] == 20.0
     assert figures["redis"] is None
+
+
+def test_output_spread_even_total() -> None:
+    spread = OutputSpread(0.5)
+
+    assert [spread.next_event() for _ in range(4)] == [0, 1, 0, 1]
+    assert OutputSpread.total(10, 1.5) == 15
+    # The total the latency stage waits for: a fraction of a record per event.
+    assert OutputSpread.total(26_400, 0.322) == 8_500
