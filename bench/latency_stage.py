@@ -296,7 +296,7 @@ class _Session:
     measure_from_s: float = 0.0
     # Every record read from the output topic, matched or not.
     received: int = 0
-    # Records the publishing agent sends per event; unused for the worker.
+    # Records the publishing agent sends per event. Unused for the worker.
     outputs_per_event: float = 1.0
 
     def on_change(self, change: dict[str, Any], received_s: float) -> None:
@@ -339,7 +339,7 @@ def measure_latency(
     `rate` is the offered load in events/s and `seconds` how long it is
     measured, after `warmup_s` seconds of the same load that are left out.
     The events follow the benchmark input's shape, with its ratio of events
-    to customers. `target` is "worker" or "publishing"; the publishing agent
+    to customers. `target` is "worker" or "publishing". The publishing agent
     publishes `outputs_per_event` records per event on average.
     """
     settings = _stage_settings(context, target)
@@ -415,7 +415,7 @@ def _start_publishing(
 def _wait_file(
     path: Path, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float
 ) -> None:
-    """Wait until `process` writes `path`; raise when it exits or the timeout passes."""
+    """Wait until `process` writes `path`. Raise when it exits or the timeout passes."""
     started = time.monotonic()
     while time.monotonic() < started + timeout_s:
         if process.poll() is not None:
