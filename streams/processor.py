@@ -637,6 +637,9 @@ class Processor(ErasureSteps):
             "per_values_dropped": dropped,
         }
         if len(encoded) > cap:
+            # NOTE: the outbox (this batch's changes) and the scopes of held tags
+            # are never dropped, so a customer with many changes in one batch
+            # can stay over the cap until a later batch.
             log.error("customer state still over the size cap after trimming", **fields)
         else:
             log.warning("customer state over the size cap trimmed", **fields)
