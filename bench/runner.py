@@ -36,6 +36,7 @@ from bench.kafka_io import ProcessTimes, produce, read_result, rss_bytes
 from bench.latency_stage import DEFAULT_RATE, measure_latency
 from bench.recovery_stage import Variant
 from bench.report import print_table, ratios
+from tagger.rules import engine_build
 from tagger.streams.config import Settings
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from tagger.streams.logs import configure_logging
@@ -404,6 +405,7 @@ def _run_stages(
             ctx, base, options.customer_counts, options.events_per_customer
         ),
     }
+    log.info("stages starting", stages=selected, engine=figures["machine"]["engine"])
     for stage in selected:
         if stage in _LATENCY_STAGES:
             # Run last, so that their rate can follow the worker stage's.
@@ -537,6 +539,8 @@ def _machine() -> dict[str, Any]:
         "cpu_model": model,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # The worker stages run this install's engine: "mypyc" or "python".
+        "engine": engine_build(),
     }
 
 
