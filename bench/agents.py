@@ -39,6 +39,7 @@ from bench.kafka_io import write_result
 from tagger.streams.app import PRODUCER_BUFFER_RECORDS, PRODUCER_LINGER_MS, fetch_max_wait_ms
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
+from tagger.streams.gc_pauses import tune_gc
 from tagger.streams.logs import configure_logging
 from tagger.streams.processor import send_in_order
 from tagger.streams.recovery_progress import RecoveryProgress
@@ -299,6 +300,8 @@ def faust(
     setup_prometheus_sensors(
         app, pattern="/metrics", registry=CollectorRegistry(), name_prefix="faust"
     )
+    # The worker tunes its garbage collector once its app is built, and so does the agent.
+    tune_gc()
     worker = TaggerWorker(app, loglevel="info", redirect_stdouts=False, override_logging=False)
     log.info("faust agent starting", mode=mode, app_id=app_id, topic=topic)
     worker.execute_from_commandline()

@@ -14,7 +14,8 @@ _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
 
 # Where a sample's innermost frame is, by file path fragment; the first match wins.
 _AREAS = (
-    ("tagger rules engine", ("/rules/",)),
+    # mypyc compiles the engine's modules into one C file, __native_<group>.c.
+    ("tagger rules engine", ("/rules/", "/__native_")),
     ("tagger schemas (decode, validate, encode)", ("/schemas/",)),
     ("tagger processor", ("/streams/processor",)),
     ("tagger mirror", ("/streams/mirror",)),
@@ -32,6 +33,7 @@ _AREAS = (
 _INCLUSIVE = (
     ("Processor.handle_batch", ("handle_batch", "/streams/processor")),
     ("rules engine (rules/engine.py)", (None, "/rules/engine.py")),
+    ("compiled rules engine (mypyc)", (None, "/__native_")),
     ("event decoding (schemas/decode.py)", (None, "/schemas/decode.py")),
     ("state encode/decode (rules/state.py)", (None, "/rules/state.py")),
     ("mirror writer (streams/mirror.py)", (None, "/streams/mirror.py")),
@@ -61,6 +63,25 @@ def _frames(stack: str) -> list[tuple[str, str]]:
         else:
             frames.append((text, ""))
     return frames
+
+
+# Functions of CPython's garbage collector, in profiles with native frames.
+_COLLECTOR_FUNCTIONS = frozenset({"gc_collect_main", "gc_collect_with_callback"})
+
+
+def _self_area(frames: list[tuple[str, str]]) -> str:
+    """Return the area of a sample: its innermost Python or compiled frame's.
+
+    In a profile with native frames (`py-spy --native`), a C function of the
+    interpreter (reference counting, dict lookups) counts for the Python or
+    compiled function that called it; garbage collection is an area of its own.
+    """
+    for function, file in reversed(frames):
+        if function in _COLLECTOR_FUNCTIONS:
+            return "garbage collection"
+        if file.endswith(".py") or "/__native_" in file:
+            return _area(file)
+    return _area(frames[-1][1])
 
 
 def _area(file: str) -> str:
@@ -94,7 +115,7 @@ def summarise_profile(
         # so a leading "/" lets the fragments match at the start of a path.
         frames = [(name, "/" + file) for name, file in frames]
         function, file = frames[-1]
-        areas[_area(file)] += count
+        areas[_self_area(frames)] += count
         functions[f"{function} ({Path(file).name})"] += count
         for label, (wanted_function, fragment) in inclusive:
             if any(

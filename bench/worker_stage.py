@@ -22,7 +22,9 @@ import structlog
 
 from bench.kafka_io import ProcessTimes, rss_bytes
 from bench.profile import summarise_profile
+from tagger.rules import engine_build
 from tagger.streams.config import Settings
+from tagger.streams.input_guard import GAP_MESSAGE, STALL_MESSAGE
 from tagger.streams.worker_process import caught_up_to
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ _PROFILE_RATE = 100
 # Error lines of the worker log shown when the worker counted errors.
 _ERROR_LINES_SHOWN = 5
 _COUNTER = re.compile(r"^(tagger_[a-z_]+_total)(?:\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
+_GC_PAUSE_SUM = re.compile(
+    r"^tagger_gc_pause_seconds_sum(?:\{[^}]*\})? ([0-9.e+-]+)$", re.MULTILINE
+)
 
 
 def get_path(settings: Settings, path: str) -> bytes | None:
@@ -68,6 +73,14 @@ def counters(settings: Settings) -> dict[str, float]:
     for name, value in _COUNTER.findall(body.decode()):
         totals[name] = totals.get(name, 0.0) + float(value)
     return totals
+
+
+def gc_seconds(settings: Settings) -> float | None:
+    """Return the seconds the worker's garbage collections took since it started, or None."""
+    body = get_path(settings, "/metrics")
+    if body is None:
+        return None
+    return round(sum(float(value) for value in _GC_PAUSE_SUM.findall(body.decode())), 3)
 
 
 def worker_pid(process: subprocess.Popen[bytes], profiled: bool) -> int | None:
@@ -116,17 +129,34 @@ def measure_worker(
 
 
 def _error_lines(log_path: Path) -> list[str]:
-    """Return the worker log's lines at level error or critical, in console or JSON form."""
+    """Return the worker log's lines of counted errors, in console or JSON form.
+
+    Those are the lines at level error or critical, and the input guard's
+    warnings, which the worker also counts in `tagger_errors_total`.
+    """
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
         return []
-    marks = ("[error", "[critical", '"level": "error"', '"level": "critical"')
+    marks = (
+        "[error",
+        "[critical",
+        '"level": "error"',
+        '"level": "critical"',
+        STALL_MESSAGE,
+        GAP_MESSAGE,
+    )
     return [line for line in text.splitlines() if any(mark in line for mark in marks)]
 
 
 def profiled_command(command: list[str], profile_output: Path) -> list[str]:
-    """Return `command` run under `py-spy record`, writing collapsed stacks to `profile_output`."""
+    """Return `command` run under `py-spy record`, writing collapsed stacks to `profile_output`.
+
+    With the engine compiled, py-spy also samples native frames: the compiled
+    functions have no Python frames, so their time would count for the
+    Python function that called them.
+    """
+    native = ["--native"] if engine_build() == "mypyc" else []
     return [
         "py-spy",
         "record",
@@ -134,6 +164,7 @@ def profiled_command(command: list[str], profile_output: Path) -> list[str]:
         "raw",
         "--rate",
         str(_PROFILE_RATE),
+        *native,
         "--output",
         str(profile_output),
         "--",
@@ -209,6 +240,7 @@ def _follow(
     assert first_poll is not None and times is not None
     seconds = time.monotonic() - first_poll[0]
     totals = counters(settings)
+    collections = gc_seconds(settings)
     events = first_poll[1]
     return {
         "events": events,
@@ -221,6 +253,8 @@ def _follow(
         # consuming starts: the process's base, before its tables hold customers.
         "rss_bytes_at_start": rss_at_start,
         "counters": totals,
+        # Garbage collection since the worker started, start-up included.
+        "gc_seconds": collections,
     }
 
 

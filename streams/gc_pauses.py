@@ -15,12 +15,18 @@ from typing import Any
 import structlog
 from prometheus_client import Histogram
 
-__all__ = ["time_collections", "watch_gc"]
+__all__ = ["YOUNG_COLLECTION_THRESHOLD", "time_collections", "tune_gc", "watch_gc"]
 
 log = structlog.get_logger(__name__)
 
 # A collection at least this long is logged: it delays every batch in hand.
 _GC_LOG_S = 0.1
+# Net container allocations that trigger a young collection (Python's default
+# is 700). A batch allocates tens of thousands of short-lived objects, so
+# with 700 the collector ran about twice a batch. Measured in process on the
+# benchmark input (100,000 events, 10,000 customers): with 20,000, 37
+# collections instead of 2,179, and 3.6 instead of 18 us of collection an event.
+YOUNG_COLLECTION_THRESHOLD = 20_000
 
 
 def time_collections(on_pause: Callable[[int, float], None]) -> Callable[[], None]:
@@ -53,6 +59,26 @@ def time_collections(on_pause: Callable[[int, float], None]) -> Callable[[], Non
             gc.callbacks.remove(callback)
 
     return stop
+
+
+def tune_gc() -> None:
+    """Freeze the objects alive now and make young collections rarer, for the whole process.
+
+    Call it once start-up has built the app. `gc.freeze` moves every object
+    alive then (modules, the app, the rulebook) to a generation that
+    collections skip, so a full collection walks only what was allocated
+    since. Objects frozen and later dropped are never collected, so start-up
+    objects that become cyclic garbage stay in memory.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+    log.info(
+        "garbage collector tuned",
+        frozen_objects=gc.get_freeze_count(),
+        thresholds=gc.get_threshold(),
+    )
 
 
 def watch_gc(histogram: Histogram) -> Callable[[], None]:

@@ -36,13 +36,17 @@ from faust.types import TP
 
 from tagger.streams.processor import InboundRecord
 
-__all__ = ["InputGuard"]
+__all__ = ["GAP_MESSAGE", "STALL_MESSAGE", "InputGuard"]
 
 log = structlog.get_logger(__name__)
 
 # A partition behind its input that receives no record for this long is
 # sought again; a batch takes well under a second.
 _STALLED_INPUT_S = 10.0
+# The warnings logged with each count of tagger_errors_total{kind="input_stall"}
+# and {kind="input_gap"}.
+STALL_MESSAGE = "input partition behind its input receives no records, reading it again"
+GAP_MESSAGE = "input records skipped by the consumer, reading them again"
 
 Key = tuple[str, int]
 # Return the records of a topic-partition from `start` up to, not including, `end`.
@@ -131,7 +135,7 @@ class InputGuard:
             if offset is None:
                 offset = await self._first_offset(tp) or 0
             log.warning(
-                "input partition behind its input receives no records, reading it again",
+                STALL_MESSAGE,
                 topic=tp.topic,
                 partition=tp.partition,
                 offset=offset,
@@ -171,7 +175,7 @@ class InputGuard:
     async def _read_skipped(self, record: InboundRecord, expected: int) -> list[InboundRecord]:
         """Read the records of `record`'s partition from `expected` up to `record`."""
         log.warning(
-            "input records skipped by the consumer, reading them again",
+            GAP_MESSAGE,
             topic=record.topic,
             partition=record.partition,
             expected_offset=expected,

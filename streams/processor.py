@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
 
 from tagger.errors import InvalidEvent
 from tagger.rules.aggregates import entry_count
@@ -186,6 +187,10 @@ class Processor(ErasureSteps):
         self.resubmit_on_assign = False
         self.processed_offsets: dict[tuple[str, int], int] = {}
         self._decoded: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+        # tagger_events_total by event type and tagger_tag_changes_total by
+        # rule, action and source: `labels` costs microseconds a call.
+        self._event_counters: dict[str, Counter] = {}
+        self._change_counters: dict[tuple[str, str, str], Counter] = {}
         self._lateness = rulebook.allowed_lateness_ms
         self._input_topics = frozenset(settings.input_topics)
         self._partition_keys = {
@@ -540,12 +545,18 @@ class Processor(ErasureSteps):
         if outcome.duplicate:
             self.metrics.duplicate_events.inc()
         else:
-            self.metrics.events.labels(event.type).inc()
+            self._event_counter(event.type).inc()
         if outcome.late:
             self.metrics.late_events.labels(outcome.late_policy or "apply").inc()
         work.queue(key, outcome.changes)
         if len(state.outbox) >= _OUTBOX_CHECKPOINT:
             await self._checkpoint(p, key, state, work)
+
+    def _event_counter(self, event_type: str) -> Counter:
+        counter = self._event_counters.get(event_type)
+        if counter is None:
+            counter = self._event_counters[event_type] = self.metrics.events.labels(event_type)
+        return counter
 
     async def _checkpoint(self, p: int, key: bytes, state: CustomerState, work: _BatchWork) -> None:
         """Publish one customer's changes mid-batch, so its outbox and state stay bounded.
@@ -704,11 +715,12 @@ class Processor(ErasureSteps):
             await send_in_order(work.sends)
 
     def _send_change(self, change: TagChange) -> Awaitable[Any]:
-        self.metrics.tag_changes.labels(
-            change.tag.split(":", 1)[0] if not change.tag.startswith("manual:") else "manual",
-            change.action,
-            change.source,
-        ).inc()
+        rule = change.tag.split(":", 1)[0] if not change.tag.startswith("manual:") else "manual"
+        labels = (rule, change.action, change.source)
+        counter = self._change_counters.get(labels)
+        if counter is None:
+            counter = self._change_counters[labels] = self.metrics.tag_changes.labels(*labels)
+        counter.inc()
         return self.send(
             self.settings.tag_change_topic, change.customer_id.encode(), encode_tag_change(change)
         )

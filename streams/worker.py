@@ -9,11 +9,12 @@ import mode
 import structlog
 
 from tagger.errors import ConfigError
+from tagger.rules import engine_build
 from tagger.rules.rulebook import Rulebook, load_rulebook
 from tagger.streams.app import TaggerRuntime, TaggerWorker, build_app
 from tagger.streams.config import Settings
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
-from tagger.streams.gc_pauses import watch_gc
+from tagger.streams.gc_pauses import tune_gc, watch_gc
 from tagger.streams.mirror import MirrorWriter
 from tagger.streams.mirror_marker import MARKER_CHECK_INTERVAL_S, MirrorMarker, marker_key
 from tagger.streams.recovery_progress import RecoveryMetrics, RecoveryProgress
@@ -176,6 +177,7 @@ def run_worker(settings: Settings, rulebook: Rulebook | None = None) -> None:
     """
     _install_uvloop()
     runtime = build_runtime(settings, rulebook)
+    tune_gc()
     watch_gc(runtime.metrics.gc_pause_seconds)
     # Faust starts the app's own services only after the first recovery, so
     # the recovery reports run as a service of the worker, started before the app.
@@ -194,7 +196,12 @@ def run_worker(settings: Settings, rulebook: Rulebook | None = None) -> None:
         override_logging=False,
     )
     worker.on_stop_requested = guard.stop_requested
-    log.info("worker starting", app_id=settings.app_id, clock_mode=settings.clock_mode)
+    log.info(
+        "worker starting",
+        app_id=settings.app_id,
+        clock_mode=settings.clock_mode,
+        engine=engine_build(),
+    )
     try:
         worker.execute_from_commandline()
     finally:
