@@ -3,13 +3,14 @@
 The engine is pure, strictly typed Python. So mypyc can compile the modules
 it spends its time in to C extensions with the same interface, and the
 Python sources ship beside them. In process, the compiled engine takes
-about half the time per event (docs/benchmarks.md, "Compiled rules engine").
+about 40% less time per event (docs/benchmarks.md, "Compiled rules engine").
 
 The compiled modules are built only for a regular (non-editable) install.
 An editable install keeps the engine pure Python, so that an edited source
 takes effect without a rebuild. TAGGER_COMPILE=0 also keeps it pure. When
-mypyc or the C compiler fails, the build says why and installs the pure
-sources alone. `tagger.rules.engine_build()` tells which one runs.
+mypyc or the C compiler fails, the build prints why (pip shows it with -v)
+and installs the pure sources alone. `tagger.rules.engine_build()` returns
+which one runs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ COMPILED = (
 )
 # The name of the shared library that contains the compiled modules' code.
 GROUP = "tagger_engine"
+# pip runs this file once per build step. Only the steps that build the
+# package need the C sources, so the metadata steps (egg_info, dist_info)
+# skip mypyc, which takes seconds each time.
+BUILD_COMMANDS = frozenset({"bdist_wheel", "build", "build_ext", "install", "editable_wheel"})
 
 
 def _stage(staging: Path) -> list[str]:
@@ -71,7 +76,8 @@ class MypycBuildExt(build_ext):
         self._failure: str | None = None
         reason = self._skip_reason()
         if reason is not None:
-            print(f"tagger: rules engine stays pure Python ({reason})", file=sys.stderr)
+            if reason != "metadata step":
+                print(f"tagger: rules engine stays pure Python ({reason})", file=sys.stderr)
             self.distribution.ext_modules = []
         else:
             try:
@@ -97,9 +103,11 @@ class MypycBuildExt(build_ext):
         print(f"tagger: rules engine compiled with mypyc ({len(COMPILED)} modules)")
 
     def _skip_reason(self) -> str | None:
+        if BUILD_COMMANDS.isdisjoint(sys.argv[1:]):
+            return "metadata step"
         if os.environ.get("TAGGER_COMPILE", "1") == "0":
             return "TAGGER_COMPILE=0"
-        if self.inplace or getattr(self, "editable_mode", False):
+        if "editable_wheel" in sys.argv[1:] or self.inplace:
             return "editable install"
         return None
 
@@ -130,7 +138,8 @@ class MypycBuildExt(build_ext):
 
     def _fall_back(self, reason: str) -> None:
         print(
-            f"tagger: mypyc build failed, rules engine stays pure Python: {reason}",
+            "tagger: mypyc build failed, so the rules engine stays pure Python "
+            f"(it needs a C compiler and the Python headers): {reason}",
             file=sys.stderr,
         )
 

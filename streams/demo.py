@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from tagger.rules import engine_build
 from tagger.rules.rulebook import Rulebook, load_rulebook
 from tagger.streams.config import Settings, mask_url
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
@@ -164,7 +165,8 @@ def _run(stack: contextlib.ExitStack, console: Console, options: DemoOptions) ->
     stack.callback(worker.stop)
     worker.start()
     console.print(
-        f"worker: pid {worker.pid}, status at http://127.0.0.1:{settings.web_port}/status, "
+        f"worker: pid {worker.pid}, rules engine {engine_build()}, "
+        f"status at http://127.0.0.1:{settings.web_port}/status, "
         f"log in {worker.log_path} (removed when the demo exits)",
         highlight=False,
     )
