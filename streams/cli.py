@@ -205,7 +205,7 @@ def main() -> None:
 def worker(**options: Any) -> None:
     """Run a worker: consume events, tag customers, publish changes, mirror to Redis.
 
-    Every setting also reads an environment variable; the options above
+    Every setting also reads an environment variable; the options below
     override them. The others, with their defaults:
 
     \b
