@@ -66,7 +66,10 @@ def get_path(settings: Settings, path: str) -> bytes | None:
 
 def counters(settings: Settings) -> dict[str, float]:
     """Return the worker's tagger_*_total counters, summed over their labels."""
-    body = get_path(settings, "/metrics")
+    return _counters_of(get_path(settings, "/metrics"))
+
+
+def _counters_of(body: bytes | None) -> dict[str, float]:
     totals: dict[str, float] = {}
     if body is None:
         return totals
@@ -75,9 +78,8 @@ def counters(settings: Settings) -> dict[str, float]:
     return totals
 
 
-def gc_seconds(settings: Settings) -> float | None:
-    """Return the seconds the worker's garbage collections took since it started, or None."""
-    body = get_path(settings, "/metrics")
+def _gc_seconds_of(body: bytes | None) -> float | None:
+    """Return the seconds of garbage collection in a /metrics body, or None without one."""
     if body is None:
         return None
     return round(sum(float(value) for value in _GC_PAUSE_SUM.findall(body.decode())), 3)
@@ -239,8 +241,7 @@ def _follow(
 
     assert first_poll is not None and times is not None
     seconds = time.monotonic() - first_poll[0]
-    totals = counters(settings)
-    collections = gc_seconds(settings)
+    metrics_body = get_path(settings, "/metrics")
     events = first_poll[1]
     return {
         "events": events,
@@ -252,9 +253,9 @@ def _follow(
         # At the first poll with every partition assigned and recovered, when
         # consuming starts: the process's base, before its tables hold customers.
         "rss_bytes_at_start": rss_at_start,
-        "counters": totals,
+        "counters": _counters_of(metrics_body),
         # Garbage collection since the worker started, start-up included.
-        "gc_seconds": collections,
+        "gc_seconds": _gc_seconds_of(metrics_body),
     }
 
 

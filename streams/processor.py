@@ -187,10 +187,9 @@ class Processor(ErasureSteps):
         self.resubmit_on_assign = False
         self.processed_offsets: dict[tuple[str, int], int] = {}
         self._decoded: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
-        # tagger_events_total by event type and tagger_tag_changes_total by
-        # rule, action and source: `labels` costs microseconds a call.
-        self._event_counters: dict[str, Counter] = {}
-        self._change_counters: dict[tuple[str, str, str], Counter] = {}
+        # Labelled children of the per-event and per-change counters, by
+        # counter and label values: `labels` costs microseconds a call.
+        self._labelled: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self._lateness = rulebook.allowed_lateness_ms
         self._input_topics = frozenset(settings.input_topics)
         self._partition_keys = {
@@ -545,17 +544,19 @@ class Processor(ErasureSteps):
         if outcome.duplicate:
             self.metrics.duplicate_events.inc()
         else:
-            self._event_counter(event.type).inc()
+            self._counter(self.metrics.events, event.type).inc()
         if outcome.late:
             self.metrics.late_events.labels(outcome.late_policy or "apply").inc()
         work.queue(key, outcome.changes)
         if len(state.outbox) >= _OUTBOX_CHECKPOINT:
             await self._checkpoint(p, key, state, work)
 
-    def _event_counter(self, event_type: str) -> Counter:
-        counter = self._event_counters.get(event_type)
+    def _counter(self, metric: Counter, *labels: str) -> Counter:
+        """Return `metric.labels(*labels)`, kept from its first call."""
+        key = (metric, labels)
+        counter = self._labelled.get(key)
         if counter is None:
-            counter = self._event_counters[event_type] = self.metrics.events.labels(event_type)
+            counter = self._labelled[key] = metric.labels(*labels)
         return counter
 
     async def _checkpoint(self, p: int, key: bytes, state: CustomerState, work: _BatchWork) -> None:
@@ -716,11 +717,7 @@ class Processor(ErasureSteps):
 
     def _send_change(self, change: TagChange) -> Awaitable[Any]:
         rule = change.tag.split(":", 1)[0] if not change.tag.startswith("manual:") else "manual"
-        labels = (rule, change.action, change.source)
-        counter = self._change_counters.get(labels)
-        if counter is None:
-            counter = self._change_counters[labels] = self.metrics.tag_changes.labels(*labels)
-        counter.inc()
+        self._counter(self.metrics.tag_changes, rule, change.action, change.source).inc()
         return self.send(
             self.settings.tag_change_topic, change.customer_id.encode(), encode_tag_change(change)
         )
