@@ -74,7 +74,7 @@ def _self_area(frames: list[tuple[str, str]]) -> str:
 
     In a profile with native frames (`py-spy --native`), a C function of the
     interpreter (reference counting, dict lookups) counts for the Python or
-    compiled function that called it; garbage collection is an area of its own.
+    compiled function that called it. Garbage collection is an area of its own.
     """
     for function, file in reversed(frames):
         if function in _COLLECTOR_FUNCTIONS:

@@ -12,7 +12,8 @@ def engine_build() -> str:
     """Return "mypyc" when the engine runs as compiled C extensions, "python" when it is pure.
 
     A regular install compiles the engine's hot modules (see setup.py). An
-    editable install, or one without a working C compiler, keeps them pure.
+    editable install, TAGGER_COMPILE=0, or a build without a working C
+    compiler keeps them pure.
     """
     from tagger.rules import engine
 
