@@ -148,6 +148,12 @@ class TaggerWorker(faust.Worker):
 
     on_stop_requested: Callable[[signal.Signals], None] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The spinner writes terminal escapes and " OK ^" to the log when
+        # stdout is no terminal; without it Faust logs "Ready" instead.
+        self.spinner = None
+
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         quiet_libraries(level or logging.INFO)
 
