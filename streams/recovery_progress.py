@@ -84,6 +84,9 @@ class _Round:
     start_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     snapshot: tuple[tuple[str, int, int | None, int | None], ...] = ()
     stalled: bool = False
+    # True once a line has given the records to restore. Faust may learn the
+    # end offsets only after the recovery has started.
+    total_logged: bool = False
 
 
 class RecoveryTracker:
@@ -121,8 +124,25 @@ class RecoveryTracker:
         reports: list[Report] = []
         if state is None:
             state = self._round = _Round(started_at=now, last_change_at=now, last_log_at=now)
-            reports.append(self._started(current))
+            started = self._started(current)
+            state.total_logged = started.fields["records_to_restore"] is not None
+            reports.append(started)
         _note_starts(state, current)
+        if not state.total_logged:
+            total = _sum_known(self._total(state, p) for p in current)
+            if total is not None:
+                state.total_logged = True
+                reports.append(
+                    Report(
+                        "info",
+                        "recovery size known",
+                        {
+                            "kind": self.kind,
+                            "records_to_restore": total,
+                            "seconds": round(now - state.started_at, 2),
+                        },
+                    )
+                )
 
         snapshot = tuple((p.topic, p.partition, p.offset, p.end) for p in current)
         if snapshot != state.snapshot:
@@ -163,18 +183,19 @@ class RecoveryTracker:
         return remaining
 
     def _started(self, current: list[ChangelogPosition]) -> Report:
-        return Report(
-            "info",
-            "recovery started",
-            {
-                "kind": self.kind,
-                "tables": {
-                    table: [p.partition for p in current if p.table == table]
-                    for table in sorted({p.table for p in current})
-                },
-                "records_to_restore": _sum_known(p.remaining for p in current),
+        fields: dict[str, Any] = {
+            "kind": self.kind,
+            "tables": {
+                table: [p.partition for p in current if p.table == table]
+                for table in sorted({p.table for p in current})
             },
-        )
+            "records_to_restore": _sum_known(p.remaining for p in current),
+        }
+        unknown = sum(1 for p in current if p.remaining is None)
+        if unknown:
+            # A "recovery size known" line follows once Faust has read the missing end offsets.
+            fields["partitions_not_yet_sized"] = unknown
+        return Report("info", "recovery started", fields)
 
     def _progress(
         self, now: float, state: _Round, current: list[ChangelogPosition]

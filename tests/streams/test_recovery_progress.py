@@ -29,6 +29,7 @@ def test_tracker_reports_start_progress_finish() -> None:
     assert _events(started) == ["recovery started"]
     assert started[0].fields["records_to_restore"] == 150
     assert started[0].fields["tables"] == {"customers": [0, 1]}
+    assert "partitions_not_yet_sized" not in started[0].fields
     assert quiet == []
     assert _events(progress) == ["recovery progress"]
     fields = progress[0].fields
@@ -40,6 +41,22 @@ def test_tracker_reports_start_progress_finish() -> None:
     assert _events(finished) == ["recovery finished"]
     assert finished[0].fields["restored"] == 150
     assert tracker.stalls == 0
+
+
+def test_tracker_reports_size_once_ends_known() -> None:
+    tracker = RecoveryTracker("active", log_interval_s=10.0, stall_s=30.0)
+
+    started = tracker.observe(0.0, True, _positions((-1, None), (-1, 49)))
+    sized = tracker.observe(1.0, True, _positions((9, 99), (-1, 49)))
+    later = tracker.observe(2.0, True, _positions((19, 99), (-1, 49)))
+
+    assert _events(started) == ["recovery started"]
+    assert started[0].fields["records_to_restore"] is None
+    assert started[0].fields["partitions_not_yet_sized"] == 1
+    assert _events(sized) == ["recovery size known"]
+    assert sized[0].fields["records_to_restore"] == 150
+    assert sized[0].fields["seconds"] == 1.0
+    assert later == []
 
 
 def test_tracker_logs_progress_at_most_once_per_interval() -> None:
