@@ -32,13 +32,13 @@ import click
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from bench.kafka_io import write_result
 from tagger.streams.app import PRODUCER_BUFFER_RECORDS, PRODUCER_LINGER_MS, fetch_max_wait_ms
 from tagger.streams.end_offsets import broker_cluster_id, needs_probe
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
+from tagger.streams.faust_sensor import install_faust_sensor
 from tagger.streams.gc_pauses import tune_gc
 from tagger.streams.logs import configure_logging
 from tagger.streams.processor import send_in_order
@@ -297,9 +297,7 @@ def faust(
                     table[key] = value
                 count(len(batch))
 
-    setup_prometheus_sensors(
-        app, pattern="/metrics", registry=CollectorRegistry(), name_prefix="faust"
-    )
+    install_faust_sensor(app, CollectorRegistry())
     # The worker tunes its garbage collector once its app is built, and so does the agent.
     tune_gc()
     worker = TaggerWorker(app, loglevel="info", redirect_stdouts=False, override_logging=False)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
@@ -18,6 +17,7 @@ from tagger.streams.bulk_recovery import BulkTableManager
 from tagger.streams.config import Settings
 from tagger.streams.faults import drop_records
 from tagger.streams.faust_app import TaggerApp, TaggerWorker
+from tagger.streams.faust_sensor import install_faust_sensor
 from tagger.streams.input_guard import InputGuard
 from tagger.streams.metrics import TaggerMetrics
 from tagger.streams.partition_reader import read_range
@@ -331,7 +331,7 @@ def build_app(  # noqa: PLR0915 - the app's wiring reads best in one place
         await guard.check_stalled(_stalled_candidates(runtime))
         await processor.tick(runtime.caught_up)
 
-    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    install_faust_sensor(app, registry)
     register_views(runtime)
     return runtime
 

@@ -92,7 +92,8 @@ def test_bad_records_dead_lettered_and_counted(
     assert 'tagger_invalid_events_total{reason="invalid_json"} 1.0' in metrics
     assert "tagger_repartitioned_events_total 2.0" in metrics
     assert 'tagger_events_total{type="purchase"} 2.0' in metrics
-    assert "faust_" in metrics
+    assert "faust_messages_received_total" in metrics
+    assert 'operation="keys_updated",table="table.' in metrics
     assert _get(settings.web_port, "/healthz")[0] == 200
     assert _get(settings.web_port, "/readyz")[0] == 200
     assert _get(settings.web_port, "/table")[0] == 404
