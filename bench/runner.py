@@ -276,6 +276,10 @@ def run(
         raise click.BadParameter(
             f"unknown stages {unknown}: use {', '.join(STAGES)}", param_hint="'--stages'"
         )
+    if profile_path is not None or recovery_profile_dir is not None:
+        from bench.worker_stage import py_spy_path
+
+        py_spy_path()
     options = _ScaleOptions(
         recovery_store=_STORES[recovery_store or store],
         variants=[Variant.parse(text) for text in recovery_tries],

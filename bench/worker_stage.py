@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ __all__ = [
     "get_path",
     "measure_worker",
     "profiled_command",
+    "py_spy_path",
     "start_worker",
     "stop_worker",
     "worker_pid",
@@ -151,6 +153,21 @@ def _error_lines(log_path: Path) -> list[str]:
     return [line for line in text.splitlines() if any(mark in line for mark in marks)]
 
 
+def py_spy_path() -> str:
+    """Return the py-spy executable: beside this Python first, then on PATH.
+
+    Raises `click.ClickException` when neither has it.
+    """
+    beside = str(Path(sys.executable).parent)
+    found = shutil.which("py-spy", path=os.pathsep.join([beside, os.environ.get("PATH", "")]))
+    if found is None:
+        raise click.ClickException(
+            "py-spy not found beside this Python or on PATH: install it with "
+            "pip install 'customer-tagger[bench]' (or pip install py-spy)"
+        )
+    return found
+
+
 def profiled_command(command: list[str], profile_output: Path) -> list[str]:
     """Return `command` run under `py-spy record`, writing collapsed stacks to `profile_output`.
 
@@ -160,7 +177,7 @@ def profiled_command(command: list[str], profile_output: Path) -> list[str]:
     """
     native = ["--native"] if engine_build() == "mypyc" else []
     return [
-        "py-spy",
+        py_spy_path(),
         "record",
         "--format",
         "raw",

@@ -1,10 +1,14 @@
-"""The worker stage's log reading, without a broker or Redis."""
+"""The worker stage's log reading and profiler lookup, without a broker or Redis."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from bench.worker_stage import _error_lines
+import click
+import pytest
+
+from bench.worker_stage import _error_lines, py_spy_path
 from tagger.streams.input_guard import STALL_MESSAGE
 
 
@@ -40,3 +44,24 @@ def test_error_lines_input_stall_warning(tmp_path: Path) -> None:
 
 def test_error_lines_missing_log(tmp_path: Path) -> None:
     assert _error_lines(tmp_path / "absent.log") == []
+
+
+def test_py_spy_found_beside_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "python").touch()
+    py_spy = tmp_path / "py-spy"
+    py_spy.write_text("#!/bin/sh\n")
+    py_spy.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", "")
+
+    assert py_spy_path() == str(py_spy)
+
+
+def test_py_spy_missing_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", "")
+
+    with pytest.raises(click.ClickException, match="pip install"):
+        py_spy_path()
