@@ -36,6 +36,7 @@ from bench.kafka_io import ProcessTimes, produce, read_result, rss_bytes
 from bench.latency_stage import DEFAULT_RATE, measure_latency
 from bench.recovery_stage import Variant
 from bench.report import print_table, ratios
+from bench.state_dictionary import state_dictionary
 from tagger.rules import engine_build
 from tagger.streams.config import Settings
 from tagger.streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
@@ -720,3 +721,6 @@ def _run_worker(context: Context, profile_path: Path | None) -> dict[str, Any]:
     from bench.worker_stage import measure_worker
 
     return measure_worker(context, profile_path, timeout_s=_STAGE_TIMEOUT_S)
+
+
+main.add_command(state_dictionary)

@@ -12,6 +12,7 @@ import itertools
 import re
 import statistics
 import time
+import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 import structlog
+import zstandard
 from kafka import TopicPartition
 
 from bench.kafka_io import ProcessTimes, rss_bytes
 from bench.worker_stage import get_path, start_worker, stop_worker, worker_pid
+from tagger.rules.state import state_json
 from tagger.streams.config import Settings
 from tagger.streams.customers_changelog import changelog_topic
 from tagger.streams.embedded import free_port
@@ -165,17 +168,18 @@ def measure_state(
 def _field_bytes(values: Iterable[bytes]) -> dict[str, float]:
     """Return the mean bytes per customer of each top-level field of the JSON state.
 
-    A field's bytes are its compact JSON `"name":value,`, so the figures add
-    up to the value size less one byte. Values that are not JSON objects
-    are counted under `(not an object)`.
+    A field's bytes are its compact JSON `"name":value,` before compression,
+    so the figures add up to the JSON text's size less one byte, not to the
+    stored size. Values that are not JSON objects once decompressed are
+    counted under `(not an object)`.
     """
     totals: dict[str, int] = {}
     count = 0
     for value in values:
         count += 1
         try:
-            data = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            data = orjson.loads(state_json(value))
+        except (orjson.JSONDecodeError, zstandard.ZstdError, zlib.error):
             data = None
         if not isinstance(data, dict):
             totals["(not an object)"] = totals.get("(not an object)", 0) + len(value)

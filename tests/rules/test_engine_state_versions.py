@@ -9,7 +9,13 @@ from rule_helpers import DAY, MINUTE, NOW, T0
 
 from tagger.rules.engine import Engine
 from tagger.rules.rulebook import Rulebook
-from tagger.rules.state import STATE_VERSION, CustomerState, decode_state, encode_state
+from tagger.rules.state import (
+    STATE_VERSION,
+    CustomerState,
+    decode_state,
+    encode_state,
+    state_json,
+)
 from tagger.schemas.events import Event
 
 # Written by the version 1 engine under the default rulebook: a VIP customer
@@ -56,7 +62,7 @@ def test_v1_state_keeps_working(state_v1: CustomerState, default_rulebook: Ruleb
 def test_v1_state_reencodes_as_current(state_v1: CustomerState) -> None:
     encoded = encode_state(state_v1)
 
-    assert encoded.startswith(b'{"v":%d,' % STATE_VERSION) or encoded.startswith(b"\x01")
+    assert state_json(encoded).startswith(b'{"v":%d,' % STATE_VERSION)
     assert decode_state(encoded) == state_v1
 
 

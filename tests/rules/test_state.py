@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import zlib
+from importlib.resources import files
+
 import pytest
+import zstandard
 from rule_helpers import DAY, MINUTE, T0, Customer
 
 from tagger.rules.aggregates import MAX_CART_ITEMS, MAX_PER_VALUES, MAX_SERIES_ENTRIES
 from tagger.rules.state import (
     COMPRESS_ABOVE_BYTES,
+    STATE_DICTIONARY_FILE,
+    STATE_DICTIONARY_ID,
     STATE_VERSION,
     CustomerState,
     decode_state,
     encode_state,
+    state_json,
+    state_to_json,
 )
 
 # Upper bound for one customer's encoded state after a flood of events. The
@@ -45,14 +53,18 @@ def test_encoded_state_has_version(customer: Customer) -> None:
     assert encode_state(customer.state).startswith(b'{"v":%d' % STATE_VERSION)
 
 
-def test_large_state_stored_deflated(customer: Customer) -> None:
+def test_large_state_stored_compressed(customer: Customer) -> None:
     for offset in range(40):
         customer.send("page_view", T0 + offset * MINUTE, category=f"cat{offset % 4}")
 
     encoded = encode_state(customer.state)
-    restored = decode_state(encode_state(customer.state))
+    restored = decode_state(encoded)
+    frame = zstandard.get_frame_parameters(encoded[1:])
 
-    assert encoded.startswith(b"\x01")
+    assert encoded.startswith(b"\x02")
+    assert frame.dict_id == STATE_DICTIONARY_ID
+    assert len(encoded) < len(state_to_json(customer.state)) / 2
+    assert state_json(encoded) == state_to_json(customer.state)
     assert restored == customer.state
     assert encode_state(restored) == encoded
 
@@ -64,6 +76,24 @@ def test_small_state_stays_json() -> None:
 
     assert len(encoded) <= COMPRESS_ABOVE_BYTES
     assert encoded.startswith(b'{"v":%d' % STATE_VERSION)
+
+
+def test_deflated_state_still_read(customer: Customer) -> None:
+    """Pins the format of earlier workers: states above 960 bytes deflated behind 0x01."""
+    for offset in range(40):
+        customer.send("page_view", T0 + offset * MINUTE, category=f"cat{offset % 4}")
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -11, 4)
+    text = state_to_json(customer.state)
+    deflated = b"\x01" + deflate.compress(text) + deflate.flush()
+
+    assert decode_state(deflated) == customer.state
+    assert state_json(deflated) == text
+
+
+def test_shipped_dictionary_has_expected_id() -> None:
+    raw = (files("tagger.rules") / STATE_DICTIONARY_FILE).read_bytes()
+
+    assert zstandard.ZstdCompressionDict(raw).dict_id() == STATE_DICTIONARY_ID
 
 
 def test_version_2_state_still_read() -> None:

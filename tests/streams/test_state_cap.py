@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import orjson
@@ -32,15 +33,20 @@ _VIEWS = 610
 
 
 def _views(count: int) -> list[InboundRecord]:
-    """Page views over many categories, three of each within minutes, so states grow."""
+    """Page views over many categories, three of each within minutes, so states grow.
+
+    Category names are hex digests, which compress poorly, so that the
+    compressed state stays over the cap once the dedup memory is gone.
+    """
     records = []
     for offset in range(count):
+        name = hashlib.sha256(str(offset // 3).encode()).hexdigest()[:16]
         event = {
             "event_id": f"view-{offset}",
             "customer_id": "heavy",
             "type": "page_view",
             "ts": _BASE + offset * _MINUTE,
-            "category": f"category.number{offset // 3}",
+            "category": f"category.{name}",
         }
         records.append(
             InboundRecord(
@@ -94,7 +100,7 @@ async def test_state_over_cap_is_trimmed_and_logged() -> None:
     assert trims
     assert trims[0]["customer_id"] == "heavy"
     assert trims[0]["bytes_before"] > _CAP
-    assert trims[0]["per_values_dropped"] > 0
+    assert any(trim["per_values_dropped"] > 0 for trim in trims)
     held = {tag.partition(":")[2] for tag in state.tags if tag.startswith("browsing_interest:")}
     assert held
     assert held <= set(state.per["category"])
