@@ -170,7 +170,8 @@ def encode_state(state: CustomerState) -> bytes:
     """Serialise a state for the table: `state_to_json`, compressed above `COMPRESS_ABOVE_BYTES`."""
     encoded = state_to_json(state)
     if len(encoded) > COMPRESS_ABOVE_BYTES:
-        return _ZSTD + _codecs()[0].compress(encoded)
+        compressed: bytes = _codecs()[0].compress(encoded)
+        return _ZSTD + compressed
     # orjson 3.13 returns bytes objects that keep about 4 KiB allocated
     # whatever their length; tables keep one per customer, so copy it to
     # its own size.
@@ -208,7 +209,10 @@ def state_to_json(state: CustomerState) -> bytes:
     for key, value in optional.items():
         if value:
             data[key] = value
-    return orjson.dumps(data)
+    # Annotated, because mypyc compiles this module in pip's build environment,
+    # where orjson and zstandard are not installed and so have no types.
+    encoded: bytes = orjson.dumps(data)
+    return encoded
 
 
 def state_json(raw: bytes) -> bytes:

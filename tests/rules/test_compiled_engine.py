@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,19 @@ def test_compiled_engine_matches_pure_python(tmp_path: Path, seed: int) -> None:
     assert pure[0] == "python"
     assert compiled[1] > 1_000
     assert compiled[1:] == pure[1:]
+
+
+def _can_compile() -> bool:
+    """Tell whether this install was made by a regular build on a machine that can compile."""
+    regular = "site-packages" in Path(tagger.__file__).parts
+    headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
+    return regular and headers and shutil.which("cc") is not None
+
+
+@pytest.mark.skipif(
+    not _can_compile() or os.environ.get("TAGGER_COMPILE") == "0",
+    reason="editable install, TAGGER_COMPILE=0, or no C compiler or Python headers",
+)
+def test_regular_install_is_compiled() -> None:
+    """Pins that setup.py's compile succeeds: a failed one falls back to pure Python silently."""
+    assert engine_build() == "mypyc"
