@@ -8,6 +8,7 @@ child once looked up and exports the same metrics under the same names.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from faust.sensors.monitor import Monitor
@@ -24,6 +25,8 @@ class CachingPrometheusMonitor(PrometheusMonitor):
         super().__init__(metrics, **kwargs)
         # Not `_children`: mode.Service keeps its child services under that name.
         self._labelled: dict[tuple[Any, ...], Any] = {}
+        # Weak keys, as in Faust's own monitor: a replaced stream is not kept alive.
+        self._stream_children: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def _child(self, metric: Any, key: tuple[Any, ...], **labels: Any) -> Any:
         child = self._labelled.get(key)
@@ -53,14 +56,20 @@ class CachingPrometheusMonitor(PrometheusMonitor):
         metrics = self._metrics
         metrics.total_events.inc()
         metrics.total_active_events.inc()
-        # Keyed by the stream itself, as Faust's own monitor keys its counts.
-        key = ("stream", stream)
-        child = self._labelled.get(key)
+        child = self._stream_children.get(stream)
         if child is None:
             label = f"stream.{self._stream_label(stream)}.events"
-            child = self._labelled[key] = metrics.total_events_per_stream.labels(stream=label)
+            child = metrics.total_events_per_stream.labels(stream=label)
+            self._stream_children[stream] = child
         child.inc()
         return state
+
+    def _clear_partition_related_metrics(self) -> None:
+        # Faust removes the per-topic and per-partition series at each rebalance,
+        # so children kept from before would no longer be exported.
+        super()._clear_partition_related_metrics()
+        self._labelled.clear()
+        self._stream_children.clear()
 
     def on_table_get(self, table: Any, key: Any) -> None:
         """Count a table read."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,9 @@ def _drive(monitor: PrometheusMonitor) -> None:
         monitor.on_stream_event_out(tp, n, streams[n % 2], None, state)  # type: ignore[arg-type]
         if n % 4 == 0:
             monitor.on_message_out(tp, n, _Message(time_in=0.0))  # type: ignore[arg-type]
+        if n == 25:
+            # What a rebalance's start and end do to the metrics.
+            monitor._clear_partition_related_metrics()
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -77,6 +81,21 @@ def test_caching_sensor_matches_faust_sensor() -> None:
     streams = [key for key in expected if key[0] == "faust_total_events_per_stream_total"]
 
     assert exported == expected
+    assert ("faust_messages_received_per_topic_total", (("topic", "topic-0"),)) in expected
     assert expected[("faust_messages_received_total", ())] == 40
     assert expected[("faust_table_operations_total", deleted)] == 4
     assert len(streams) == 2
+
+
+def test_caching_sensor_lets_streams_go() -> None:
+    monitor = CachingPrometheusMonitor(metrics=FaustMetrics.create(CollectorRegistry(), "faust"))
+    stream = _Stream("Stream: Topic: app-events")
+    tp = TP(topic="topic-0", partition=0)
+    monitor.on_stream_event_in(tp, 0, stream, None)  # type: ignore[arg-type]
+    kept_before = len(monitor._stream_children)
+
+    del stream
+    gc.collect()
+
+    assert kept_before == 1
+    assert len(monitor._stream_children) == 0
