@@ -124,7 +124,8 @@ class RecoveryTracker:
         reports: list[Report] = []
         if state is None:
             state = self._round = _Round(started_at=now, last_change_at=now, last_log_at=now)
-            started = self._started(current)
+            _note_starts(state, current)
+            started = self._started(state, current)
             state.total_logged = started.fields["records_to_restore"] is not None
             reports.append(started)
         _note_starts(state, current)
@@ -182,16 +183,19 @@ class RecoveryTracker:
             remaining[position.table] += position.remaining or 0
         return remaining
 
-    def _started(self, current: list[ChangelogPosition]) -> Report:
+    def _started(self, state: _Round, current: list[ChangelogPosition]) -> Report:
+        # Counted from each partition's start, as the later lines count, so
+        # that a bulk read already under way counts in full.
+        totals = [self._total(state, p) for p in current]
         fields: dict[str, Any] = {
             "kind": self.kind,
             "tables": {
                 table: [p.partition for p in current if p.table == table]
                 for table in sorted({p.table for p in current})
             },
-            "records_to_restore": _sum_known(p.remaining for p in current),
+            "records_to_restore": _sum_known(totals),
         }
-        unknown = sum(1 for p in current if p.remaining is None)
+        unknown = sum(1 for total in totals if total is None)
         if unknown:
             # A "recovery size known" line follows once Faust has read the missing end offsets.
             fields["partitions_not_yet_sized"] = unknown

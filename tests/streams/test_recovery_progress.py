@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from tagger.streams.recovery_progress import ChangelogPosition, RecoveryTracker, Report
 
 _TOPIC = "app-customers-changelog"
@@ -57,6 +59,20 @@ def test_tracker_reports_size_once_ends_known() -> None:
     assert sized[0].fields["records_to_restore"] == 150
     assert sized[0].fields["seconds"] == 1.0
     assert later == []
+
+
+def test_tracker_counts_size_from_recorded_start() -> None:
+    """Pins a bulk read already under way at the first sample: its records count in full."""
+    tracker = RecoveryTracker("active", log_interval_s=10.0, stall_s=30.0)
+    position = ChangelogPosition(
+        table="customers", topic=_TOPIC, partition=0, offset=499, end=999, start=-1
+    )
+
+    started = tracker.observe(0.0, True, [position])
+    finished = tracker.observe(1.0, False, [dataclasses.replace(position, offset=999)])
+
+    assert started[0].fields["records_to_restore"] == 1000
+    assert finished[0].fields["restored"] == 1000
 
 
 def test_tracker_logs_progress_at_most_once_per_interval() -> None:
