@@ -151,7 +151,7 @@ class TaggerWorker(faust.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The spinner writes terminal escapes and " OK ^" to the log when
-        # stdout is no terminal; without it Faust logs "Ready" instead.
+        # stdout is no terminal.
         self.spinner = None
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:

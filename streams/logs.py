@@ -49,7 +49,10 @@ def configure_logging(
 
 
 def quiet_libraries(level: int) -> None:
-    """Set the root and the noisy libraries' loggers to at least WARNING unless debugging."""
+    """Set the root logger to `level` and the noisy libraries' loggers to `level` or WARNING.
+
+    Whichever is higher applies to the libraries, at level DEBUG too.
+    """
     logging.getLogger().setLevel(level)
     for name in _NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
