@@ -158,12 +158,14 @@ def py_spy_path() -> str:
 
     Raises `click.ClickException` when neither has it.
     """
-    beside = str(Path(sys.executable).parent)
-    found = shutil.which("py-spy", path=os.pathsep.join([beside, os.environ.get("PATH", "")]))
+    # Empty PATH entries would mean the current folder, so they are left out.
+    folders = [str(Path(sys.executable).parent)]
+    folders += [entry for entry in os.environ.get("PATH", "").split(os.pathsep) if entry]
+    found = shutil.which("py-spy", path=os.pathsep.join(folders))
     if found is None:
         raise click.ClickException(
-            "py-spy not found beside this Python or on PATH: install it with "
-            "pip install 'customer-tagger[bench]' (or pip install py-spy)"
+            "py-spy not found beside this Python or on PATH: run pip install '.[bench]' "
+            "in the customer-tagger checkout, or pip install py-spy"
         )
     return found
 

