@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,11 @@ class MypycBuildExt(build_ext):
 
     def run(self) -> None:
         if self._failure is not None:
+            self._remove_stale_extensions()
             self._fall_back(self._failure)
             return
         if not self.extensions:
+            self._remove_stale_extensions()
             return
         try:
             super().run()
@@ -142,6 +145,28 @@ class MypycBuildExt(build_ext):
             f"(it needs a C compiler and the Python headers): {reason}",
             file=sys.stderr,
         )
+
+    def _remove_stale_extensions(self) -> None:
+        """Delete the compiled modules an earlier build left in the build folder.
+
+        Setuptools packs whatever that folder holds, so a pure build in a
+        checkout that was once compiled would otherwise ship the old extensions.
+        """
+        build_lib = Path(self.build_lib)
+        names = [build_lib / f"{GROUP}__mypyc"]
+        for path in COMPILED:
+            folder, name = path.split("/")
+            names.append(build_lib / PACKAGE_DIRS[folder] / Path(name).stem)
+        stale = [
+            Path(f"{name}{suffix}")
+            for name in names
+            for suffix in EXTENSION_SUFFIXES
+            if Path(f"{name}{suffix}").exists()
+        ]
+        for found in stale:
+            found.unlink()
+        if stale:
+            print(f"tagger: removed {len(stale)} compiled modules of an earlier build")
 
     def _remove_outputs(self) -> None:
         for output in self.get_outputs():
