@@ -122,17 +122,17 @@ class RecoveryTracker:
             return [self._finished(now, state, current)]
 
         reports: list[Report] = []
+        new_round = state is None
         if state is None:
             state = self._round = _Round(started_at=now, last_change_at=now, last_log_at=now)
-            _note_starts(state, current)
-            started = self._started(state, current)
-            state.total_logged = started.fields["records_to_restore"] is not None
-            reports.append(started)
         _note_starts(state, current)
+        if new_round:
+            reports.append(self._started(state, current))
         if not state.total_logged:
             total = _sum_known(self._total(state, p) for p in current)
-            if total is not None:
-                state.total_logged = True
+            state.total_logged = total is not None
+            # The "recovery started" line already gives a total known at the start.
+            if total is not None and not new_round:
                 reports.append(
                     Report(
                         "info",
