@@ -173,8 +173,8 @@ def encode_state(state: CustomerState) -> bytes:
         compressed: bytes = _codecs()[0].compress(encoded)
         return _ZSTD + compressed
     # orjson 3.13 returns bytes objects that keep about 4 KiB allocated
-    # whatever their length; tables keep one per customer, so copy it to
-    # its own size.
+    # whatever their length. Tables keep one per customer, so it is copied
+    # to its own size.
     return bytes(memoryview(encoded))
 
 
